@@ -1,0 +1,64 @@
+"""``rlstack``: the one entry point. Each sub-command lives in its own module and is imported lazily
+so that ``rlstack --help`` is instant and the library works without rclpy installed.
+
+A command module exposes ``add_arguments(parser)`` and ``run(args) -> int``. Commands configured by
+Hydra take trailing ``key=value`` overrides (``rlstack train policy=bc train.steps=200``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Order follows the data flow.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sim": ("sim.cli", "run the PyBullet sim: scripted experts, demo generation, benchmarks"),
+    "collect": ("ros_nodes.collect", "start the ROS 2 collection graph (robot, teleop, recorder)"),
+    "data": ("robot_learning.data.cli", "inspect and maintain episode stores (info, validate, repair, ...)"),
+    "train": ("robot_learning.train.cli", "train a base policy (diffusion, BC) from a store"),
+    "eval": ("robot_learning.eval.cli", "evaluate a checkpoint in sim (parallel, seeds, randomization)"),
+    "serve": ("robot_learning.serve.cli", "serve a checkpoint over websocket (msgpack, no pickle)"),
+    "deploy": ("ros_nodes.deploy", "run a policy as a real-time ROS 2 control node against a robot"),
+    "demo": ("robot_learning.demo", "the whole loop in sim: collect, train, deploy, evaluate"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser; sub-command arguments are added lazily in ``main``."""
+    parser = argparse.ArgumentParser(
+        prog="rlstack",
+        description="Real-robot learning stack: collect -> store -> train -> refine -> deploy -> evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one sub-command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        if argv and argv[0] not in ("-h", "--help"):
+            parser.print_usage(sys.stderr)
+            print(f"rlstack: unknown command '{argv[0]}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name = argv[0]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"rlstack {name}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Plain-Python real-time control logic: action scheduling, chunk blending, safety layer."""

@@ -1,0 +1,1 @@
+"""Evaluation: sim reports with Wilson intervals."""

@@ -1,0 +1,1 @@
+"""Policies: one interface (``base.Policy``) used by training, refinement, deployment and evaluation."""

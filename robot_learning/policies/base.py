@@ -1,0 +1,97 @@
+"""The policy interface used everywhere downstream of training.
+
+Training, refinement methods (which wrap a frozen base policy and are policies themselves), the
+ROS 2 policy node, the remote policy server and sim evaluation all talk to a policy through this
+interface and nothing else.
+
+Observation history convention: ``obs_history[key]`` has shape ``(n_obs_steps, *stream_shape)``,
+oldest first, newest last; images are uint8 H x W x 3, low-dim streams float32. The first action of
+a predicted chunk is the action for the *newest* observation step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a policy expects and produces; stored in its checkpoint and checked at every boundary."""
+
+    obs_shapes: dict[str, tuple[int, ...]]  # key -> per-step shape (images H, W, 3)
+    action_dim: int
+    n_obs_steps: int = 2
+    horizon: int = 16  # length of a predicted chunk
+    n_action_steps: int = 8  # how many steps of a chunk are executed before re-planning
+    control_hz: float = 10.0
+    action_mode: str = "ee_delta"
+
+    @property
+    def image_keys(self) -> list[str]:
+        """Keys whose per-step shape is an H x W x 3 image."""
+        return sorted(k for k, s in self.obs_shapes.items() if len(s) == 3)
+
+    @property
+    def lowdim_keys(self) -> list[str]:
+        """Keys of the low-dimensional inputs."""
+        return sorted(k for k, s in self.obs_shapes.items() if len(s) != 3)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON/msgpack friendly)."""
+        d = asdict(self)
+        d["obs_shapes"] = {k: list(v) for k, v in self.obs_shapes.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicySpec:
+        """Inverse of ``to_dict``."""
+        d = dict(d)
+        d["obs_shapes"] = {k: tuple(int(x) for x in v) for k, v in d["obs_shapes"].items()}
+        return cls(**d)
+
+    def check_obs_history(self, obs_history: dict[str, np.ndarray]) -> None:
+        """Raise ValueError naming every key whose presence or shape does not match."""
+        problems = []
+        for key, shape in self.obs_shapes.items():
+            if key not in obs_history:
+                problems.append(f"missing key '{key}' (expected shape {(self.n_obs_steps, *shape)})")
+                continue
+            got = tuple(np.shape(obs_history[key]))
+            if got != (self.n_obs_steps, *shape):
+                problems.append(f"key '{key}': expected shape {(self.n_obs_steps, *shape)}, got {got}")
+        if problems:
+            raise ValueError("observation does not match the policy: " + "; ".join(problems))
+
+
+@dataclass
+class ChunkResult:
+    """Optional extra outputs of a prediction (timings, candidate scores) for diagnostics."""
+
+    actions: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy(ABC):
+    """Maps an observation history to a chunk of future actions."""
+
+    spec: PolicySpec
+
+    def reset(self) -> None:  # noqa: B027 - optional hook, most policies are stateless
+        """Forget any per-episode state (call at every episode boundary)."""
+
+    @abstractmethod
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        """Return one action chunk of shape ``(horizon, action_dim)`` in robot action units."""
+
+    def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """Return ``k`` candidate chunks ``(k, horizon, action_dim)``; stochastic policies batch this."""
+        return np.stack([self.predict_chunk(obs_history) for _ in range(k)])
+
+    def save(self, path: str | Path) -> None:
+        """Write one self-contained checkpoint file (config, normalizer, weights, spec)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")

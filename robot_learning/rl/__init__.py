@@ -1,0 +1,1 @@
+"""Refinement of base policies (residual RL, value-guided steering, intervention rewards)."""

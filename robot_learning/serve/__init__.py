@@ -1,0 +1,1 @@
+"""Remote policy server and client (websocket + msgpack numpy, no pickle)."""

@@ -1,0 +1,1 @@
+"""PyBullet simulation: the embedded default robot, tasks, experts, domain randomization."""
