@@ -1,0 +1,262 @@
+"""EpisodeWriter: validates and buffers one episode's steps, writes them past the committed end,
+and commits by writing the episode index once (see ``store.py`` for the crash-safety argument)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robot_learning.data.store import (
+    FLUSH_BYTES,
+    FLUSH_STEPS,
+    IMAGE_PREFIX,
+    STEP_STAMPED,
+    EpisodeMeta,
+    StoreError,
+)
+
+if TYPE_CHECKING:
+    from robot_learning.data.store import EpisodeStore
+
+
+def _infer_spec(key: str, value: Any) -> dict[str, Any]:
+    """Schema entry for ``key`` from its first value; Python floats become float32."""
+    if isinstance(value, bool):
+        arr = np.asarray(value, dtype=bool)
+    elif isinstance(value, float):
+        arr = np.asarray(value, dtype=np.float32)
+    else:
+        arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise StoreError(f"step 0: key {key!r} has unsupported dtype {arr.dtype} (need bool/int/float arrays)")
+    if key.startswith(IMAGE_PREFIX):
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+            raise StoreError(f"step 0: image key {key!r} must be uint8 HxWx3, got {arr.dtype} {arr.shape}")
+        return {"shape": list(arr.shape), "dtype": "|u1", "kind": "image"}
+    return {"shape": list(arr.shape), "dtype": arr.dtype.str, "kind": "lowdim"}
+
+
+class EpisodeWriter:
+    """Appends control steps of one episode; ``commit`` makes it visible, ``discard`` drops it."""
+
+    flush_steps = FLUSH_STEPS  # buffered steps are written out past the committed end this often
+
+    def __init__(self, store: EpisodeStore, meta: EpisodeMeta) -> None:
+        json.dumps(meta.to_dict())  # fail now, not at commit, if tags are not JSON-able
+        self._store = store
+        self.meta = meta
+        self._start_row = store.data_end
+        self._n = 0
+        self._flushed = 0
+        self._bufs: dict[str, list[np.ndarray]] = {}
+        self._stamp_bufs: dict[str, list[float]] = {}
+        self._stream_bufs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        self._stream_written: dict[str, int] = {}
+        self._buffered_bytes = 0
+        self._first_stamp = math.nan
+        self._last_stamp = -math.inf
+        self.start_time = time.time()  # wall clock at the first step; merge/import may set it
+        self._open = True
+
+    def __len__(self) -> int:
+        return self._n
+
+    # ---------------------------------------------------------------- append
+    def append(self, data: Mapping[str, Any], stamps: Mapping[str, float]) -> None:
+        """Add one control step; bad input raises StoreError naming the key and step, storing nothing."""
+        self._check_open()
+        step = self._n
+        if step == 0:
+            self._establish_schema(data, stamps)
+        keys = self._store.keys
+        missing = sorted(set(keys) - set(data))
+        extra = sorted(set(data) - set(keys))
+        if missing or extra:
+            raise StoreError(f"step {step}: missing key(s) {missing} / unexpected key(s) {extra} "
+                             f"(the store's keys are {sorted(keys)})")
+        values = {}
+        for key, (shape, dtype) in keys.items():
+            values[key] = self._convert(key, data[key], shape, dtype, step)
+        stamp_values = self._check_stamps(stamps, step)
+        # everything is valid: only now touch the buffers
+        for key, v in values.items():
+            self._bufs.setdefault(key, []).append(v)
+            self._buffered_bytes += v.nbytes
+        for key, t in stamp_values.items():
+            self._stamp_bufs.setdefault(key, []).append(t)
+        if step == 0:
+            self._first_stamp = stamp_values["step"]
+            self.start_time = time.time()
+        self._last_stamp = stamp_values["step"]
+        self._n += 1
+        if self._n - self._flushed >= self.flush_steps or self._buffered_bytes >= FLUSH_BYTES:
+            self._flush()
+
+    def append_stream(self, name: str, values: Any, stamps: Any) -> None:
+        """Add samples of a high-rate stream (e.g. 500 Hz joints): values (n, *shape), stamps (n,)."""
+        self._check_open()
+        v = np.asarray(values)
+        t = np.asarray(stamps, dtype=np.float64).reshape(-1)
+        if v.ndim == 0 or v.shape[0] != t.shape[0]:
+            raise StoreError(f"stream {name!r}: {t.shape[0]} stamps for values of shape {v.shape} "
+                             f"(need values (n, ...) with one stamp per sample)")
+        if not np.all(np.isfinite(t)):
+            raise StoreError(f"stream {name!r}: non-finite stamps")
+        if v.dtype.kind not in "biuf":
+            raise StoreError(f"stream {name!r}: unsupported dtype {v.dtype}")
+        spec = self._store.streams.get(name)
+        if spec is None:
+            self._store._create_stream(name, v.shape[1:], v.dtype)
+            spec = self._store.streams[name]
+        shape, dtype = spec
+        if v.shape[1:] != shape or not np.can_cast(v.dtype, dtype, "same_kind"):
+            raise StoreError(f"stream {name!r}: samples {v.dtype} {v.shape[1:]} do not match the store's "
+                             f"{dtype} {shape}")
+        vals, sts = self._stream_bufs.setdefault(name, ([], []))
+        vals.append(np.array(v, dtype=dtype))
+        sts.append(t.copy())
+        self._buffered_bytes += v.nbytes
+
+    # ---------------------------------------------------------------- commit / discard
+    def commit(self, success: bool = False, before_index: Callable[[int], None] | None = None) -> int:
+        """Write what is buffered, then the episode index (the atomic commit point); returns the index."""
+        self._check_open()
+        if self._n == 0:
+            raise StoreError("commit: the episode has no steps (discard it instead)")
+        self._flush()
+        if before_index is not None:
+            before_index(self._start_row)
+        store = self._store
+        index = copy.deepcopy(store._index)
+        streams = {}
+        for name in self._stream_written:
+            a = int(index["stream_ends"].get(name, 0))
+            streams[name] = [a, a + self._stream_written[name]]
+            index["stream_ends"][name] = a + self._stream_written[name]
+        index["episodes"].append({
+            "start": self._start_row, "end": self._start_row + self._n, "success": bool(success),
+            "meta": self.meta.to_dict(), "start_time": self.start_time,
+            "duration": float(self._last_stamp - self._first_stamp), "uid": uuid.uuid4().hex,
+            "streams": streams,
+        })
+        index["data_end"] = self._start_row + self._n
+        store._write_index(index)
+        self._close()
+        return len(index["episodes"]) - 1
+
+    def discard(self) -> None:
+        """Drop the episode; rows already written past the committed end are trimmed."""
+        if not self._open:
+            return
+        try:
+            self._store._trim_to(self._store.data_end)
+        finally:
+            self._close()
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self._open:
+            self.discard()
+
+    # ---------------------------------------------------------------- internals
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreError("this episode writer is closed (committed or discarded)")
+
+    def _close(self) -> None:
+        self._open = False
+        self._bufs.clear()
+        self._stream_bufs.clear()
+        self._store._writer = None
+        self._store._release_lock()
+
+    def _establish_schema(self, data: Mapping[str, Any], stamps: Mapping[str, float]) -> None:
+        """The store's first episode fixes keys/shapes/dtypes; later ones must match them."""
+        store = self._store
+        if store.keys and store.data_end > 0:
+            return
+        keys = {k: _infer_spec(k, v) for k, v in data.items()}
+        stamped = ["step"] + [k for k in keys if k not in STEP_STAMPED]
+        stamped += [k for k in STEP_STAMPED if k in keys and k in stamps]
+        schema = {"keys": keys, "stamps": stamped}
+        current = {"keys": store._schema.get("keys"), "stamps": store._schema.get("stamps")}
+        if current != schema:
+            store._create_arrays(schema)
+
+    def _convert(self, key: str, value: Any, shape: tuple[int, ...], dtype: np.dtype, step: int) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise StoreError(f"step {step}: key {key!r} has dtype {arr.dtype}; the store holds {dtype}")
+        if key.startswith(IMAGE_PREFIX) and arr.dtype != np.uint8:
+            raise StoreError(f"step {step}: image key {key!r} has dtype {arr.dtype}; images must be uint8")
+        if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "same_kind"):
+            raise StoreError(f"step {step}: key {key!r} has dtype {arr.dtype}; the store holds {dtype}")
+        if arr.shape != shape:
+            raise StoreError(f"step {step}: key {key!r} has shape {arr.shape}; the store holds {shape}")
+        return np.array(arr, dtype=dtype)  # a copy: callers may reuse their buffers
+
+    def _check_stamps(self, stamps: Mapping[str, float], step: int) -> dict[str, float]:
+        stamped = self._store.stamp_keys
+        unknown = sorted(set(stamps) - set(self._store.keys) - {"step"})
+        if unknown:
+            raise StoreError(f"step {step}: stamps for unknown stream(s) {unknown}")
+        if "step" not in stamps:
+            raise StoreError(f"step {step}: stamps['step'] (the control tick time) is required")
+        out = {}
+        for key in stamped:
+            if key in stamps:
+                t = stamps[key]
+            elif key in STEP_STAMPED:
+                t = stamps["step"]
+            else:
+                raise StoreError(f"step {step}: missing capture stamp for stream {key!r}")
+            try:
+                t = float(t)
+            except (TypeError, ValueError) as exc:
+                raise StoreError(f"step {step}: stamp for {key!r} is not a number: {t!r}") from exc
+            if not math.isfinite(t):
+                raise StoreError(f"step {step}: stamp for {key!r} is not finite: {t}")
+            out[key] = t
+        if out["step"] < self._last_stamp:
+            raise StoreError(f"step {step}: stamps['step'] went backwards ({out['step']} < {self._last_stamp})")
+        return out
+
+    def _flush(self) -> None:
+        """Write buffered rows past the committed end (invisible until commit)."""
+        store = self._store
+        n = self._n - self._flushed
+        a, b = self._start_row + self._flushed, self._start_row + self._n
+        if n:
+            for key, rows in self._bufs.items():
+                _write_rows(store.array(f"data/{key}"), a, b, np.stack(rows))
+            for key, ts in self._stamp_bufs.items():
+                _write_rows(store.array(f"stamps/{key}"), a, b, np.asarray(ts, dtype=np.float64))
+        self._bufs = {k: [] for k in self._bufs}
+        self._stamp_bufs = {k: [] for k in self._stamp_bufs}
+        for name, (vals, sts) in self._stream_bufs.items():
+            if not vals:
+                continue
+            block, ts = np.concatenate(vals), np.concatenate(sts)
+            start = int(store._index["stream_ends"].get(name, 0)) + self._stream_written.get(name, 0)
+            _write_rows(store.array(f"streams/{name}/values"), start, start + len(block), block)
+            _write_rows(store.array(f"streams/{name}/stamps"), start, start + len(block), ts)
+            self._stream_written[name] = self._stream_written.get(name, 0) + len(block)
+            vals.clear()
+            sts.clear()
+        self._flushed = self._n
+        self._buffered_bytes = 0
+
+
+def _write_rows(arr: Any, a: int, b: int, block: np.ndarray) -> None:
+    if arr.shape[0] < b:
+        arr.resize((b, *arr.shape[1:]))
+    arr[a:b] = block

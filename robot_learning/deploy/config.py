@@ -1,0 +1,108 @@
+"""Typed deployment config (``configs/deploy.yaml`` + ``configs/deploy/*.yaml``), validated with dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from robot_learning.deploy.safety import SafetyConfig
+from robot_learning.deploy.scheduler import SchedulerConfig
+
+# How each observation key is read from ROS by default: key -> (topic, field reader).
+# ``camera_<name>`` keys map to ``/camera/<name>/image_raw`` automatically.
+DEFAULT_STREAMS: dict[str, tuple[str, str]] = {
+    "joint_pos": ("/joint_states", "joint_position"),
+    "joint_vel": ("/joint_states", "joint_velocity"),
+    "ee_pose": ("/ee_pose", "pose"),
+    "gripper": ("/gripper", "joint_position"),
+    "privileged_state": ("/sim/privileged_state", "float_array"),
+}
+READERS = ("joint_position", "joint_velocity", "pose", "image", "float_array")
+
+
+@dataclass
+class PolicySourceConfig:
+    """Where the policy comes from: exactly one of checkpoint, server, scripted."""
+
+    checkpoint: str = ""  # a checkpoint file, loaded with robot_learning.policies.checkpoint.load_policy
+    server: str = ""  # ws://host:port of `rlstack serve`
+    scripted: str = ""  # built-in scripted policy for sim, e.g. "expert:lift" (see deploy/scripted.py)
+    device: str = "cpu"
+    timeout_s: float = 2.0  # remote: per-request timeout
+    control_hz: float = 10.0  # scripted policies: their rate
+
+    def kind(self) -> str:
+        """Which source is set; ValueError unless exactly one is."""
+        chosen = [k for k in ("checkpoint", "server", "scripted") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise ValueError("policy: set exactly one of policy.checkpoint, policy.server, policy.scripted "
+                             f"(got {chosen or 'none'})")
+        return chosen[0]
+
+
+@dataclass
+class StreamConfig:
+    """One observation key read from one topic."""
+
+    key: str = ""
+    topic: str = ""
+    reader: str = "float_array"  # joint_position | joint_velocity | pose | image | float_array
+
+    def __post_init__(self) -> None:
+        if self.reader not in READERS:
+            raise ValueError(f"streams: key '{self.key}' reader '{self.reader}' is not one of {READERS}")
+
+
+@dataclass
+class NodeTopics:
+    """Topics and services of the policy node."""
+
+    action: str = "/action"
+    intervention: str = "/intervention"
+    estop: str = "/estop"
+    operator_action: str = "/teleop/action"  # read in takeover=forward
+    control_source: str = "/policy_node/control_source"  # std_msgs/String: policy | human | hold | estop
+    diagnostics: str = "/policy_node/diagnostics"  # std_msgs/String, JSON
+    reset_estop: str = "/policy_node/reset_estop"  # std_srvs/Trigger
+    reset_episode: str = "/policy_node/reset"  # std_srvs/Trigger
+
+
+@dataclass
+class DeployConfig:
+    """Everything the policy node needs."""
+
+    policy: PolicySourceConfig = field(default_factory=PolicySourceConfig)
+    control_hz: float = 0.0  # 0: the policy's rate
+    takeover: str = "yield"  # yield: stop publishing while the operator drives; forward: relay operator commands
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
+    topics: NodeTopics = field(default_factory=NodeTopics)
+    streams: list[StreamConfig] = field(default_factory=list)  # overrides of DEFAULT_STREAMS
+    safety_streams: list[str] = field(default_factory=lambda: ["ee_pose", "joint_pos"])
+    diagnostics_hz: float = 2.0
+    inference_backoff_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.takeover not in ("yield", "forward"):
+            raise ValueError(f"takeover: '{self.takeover}' is not yield or forward")
+        if self.control_hz < 0 or self.diagnostics_hz <= 0:
+            raise ValueError("control_hz must be >= 0 and diagnostics_hz > 0")
+
+    def stream_for(self, key: str) -> StreamConfig:
+        """The topic and reader for observation ``key`` (config override, camera rule or default)."""
+        for s in self.streams:
+            if s.key == key:
+                return s
+        if key.startswith("camera_"):
+            return StreamConfig(key, f"/camera/{key[len('camera_'):]}/image_raw", "image")
+        if key in DEFAULT_STREAMS:
+            topic, reader = DEFAULT_STREAMS[key]
+            return StreamConfig(key, topic, reader)
+        raise ValueError(f"streams: no topic known for observation key '{key}'; add it under deploy.streams")
+
+
+def load_deploy_config(cfg: Any) -> DeployConfig:
+    """Validate a composed ``deploy`` config node (unknown keys and wrong types name the key)."""
+    from robot_learning.config import to_dataclass
+
+    return to_dataclass(cfg, DeployConfig, where="deploy")

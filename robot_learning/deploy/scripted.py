@@ -1,0 +1,105 @@
+"""Scripted policies behind the ``Policy`` interface, and ``build_policy`` for every policy source.
+
+``ExpertPolicy`` runs the sim's scripted expert on the privileged-state stream that the
+``sim_robot`` node publishes (``/sim/privileged_state``), so closed-loop deployment tests and demos
+can exercise the real node, scheduler and safety layer without a trained checkpoint. It predicts a
+short chunk (the expert's action for the newest observation, repeated) and is replanned at every
+new observation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from robot_learning.policies.base import Policy, PolicySpec
+
+PRIVILEGED_KEY = "privileged_state"
+STEPS_SEGMENT = "steps"  # the sim_robot node appends the control-step counter to the privileged state
+
+
+def privileged_layout(task: str) -> dict[str, int]:
+    """Segment sizes of the sim_robot node's privileged-state vector for ``task``."""
+    from sim import make_robot
+
+    robot = make_robot(task=task, cameras=(), render=False)
+    try:
+        robot.reset(seed=0)
+        layout = {k: int(np.size(v)) for k, v in robot.privileged().items()}
+    finally:
+        robot.close()
+    layout[STEPS_SEGMENT] = 1
+    return layout
+
+
+class _PrivilegedView:
+    """The slice of the SimRobot API the scripted experts read, rebuilt from one observation."""
+
+    def __init__(self, state: dict[str, np.ndarray], steps: int, control_hz: float) -> None:
+        self._state = state
+        self.steps = steps
+        self.control_hz = control_hz
+
+    def privileged(self) -> dict[str, np.ndarray]:
+        return self._state
+
+
+class ExpertPolicy(Policy):
+    """The sim's scripted expert as a policy over the ``privileged_state`` observation."""
+
+    def __init__(self, task: str = "lift", control_hz: float = 10.0, quality: float = 1.0, seed: int = 0,
+                 layout: dict[str, int] | None = None) -> None:
+        from sim import make_expert
+
+        self.task = task
+        self.layout = dict(layout or privileged_layout(task))
+        self.expert = make_expert(task, quality=quality, seed=seed)
+        size = sum(self.layout.values())
+        self.spec = PolicySpec(obs_shapes={PRIVILEGED_KEY: (size,)}, action_dim=5, n_obs_steps=1, horizon=2,
+                               n_action_steps=1, control_hz=control_hz, action_mode="ee_delta")
+        self._last_steps = -1
+
+    def reset(self) -> None:
+        """New episode: reset the expert's phase machine."""
+        self.expert.reset()
+        self._last_steps = -1
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        """The expert's action for the newest observation, held for the chunk."""
+        self.spec.check_obs_history(obs_history)
+        flat = np.asarray(obs_history[PRIVILEGED_KEY][-1], dtype=np.float64)
+        state, offset = {}, 0
+        for key, n in self.layout.items():
+            state[key] = flat[offset: offset + n].astype(np.float32)
+            offset += n
+        steps = int(state.pop(STEPS_SEGMENT)[0])
+        if steps < self._last_steps:  # the sim was reset under us: start the phase machine over
+            self.expert.reset()
+        self._last_steps = steps
+        action = self.expert.act(_PrivilegedView(state, steps, self.spec.control_hz))
+        return np.repeat(np.asarray(action, dtype=np.float32)[None], self.spec.horizon, axis=0)
+
+
+def make_scripted(name: str, control_hz: float = 10.0) -> Policy:
+    """A built-in scripted policy by name: ``expert:<task>``."""
+    kind, _, arg = name.partition(":")
+    if kind == "expert" and arg:
+        return ExpertPolicy(task=arg, control_hz=control_hz)
+    raise ValueError(f"policy.scripted: unknown scripted policy '{name}' (use 'expert:<task>', e.g. expert:lift)")
+
+
+def build_policy(source: Any, obs_shapes: dict[str, tuple[int, ...]] | None = None,
+                 action_dim: int | None = None, action_mode: str | None = None) -> Policy:
+    """A local, remote or scripted policy from a ``PolicySourceConfig``."""
+    kind = source.kind()
+    if kind == "scripted":
+        return make_scripted(source.scripted, source.control_hz)
+    if kind == "server":
+        from robot_learning.serve.client import RemotePolicy
+
+        return RemotePolicy(source.server, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=action_mode,
+                            timeout_s=source.timeout_s)
+    from robot_learning.policies.checkpoint import load_policy
+
+    return load_policy(source.checkpoint, device=source.device)

@@ -1,0 +1,184 @@
+"""One self-contained checkpoint file per policy, and the ``Policy`` that runs it.
+
+A checkpoint is ``torch.save`` of plain dicts, lists and tensors only (loaded with
+``weights_only=True``, so no pickled classes): format tag, policy type, hyper-parameters, the
+``PolicySpec``, normalizer statistics and the EMA weights. Training checkpoints add a
+``train_state`` entry (optimizer, scheduler, RNG, step) that ``load_policy`` ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robot_learning.config import to_dataclass
+from robot_learning.policies.base import Policy, PolicySpec
+from robot_learning.policies.model import PolicyModel
+
+FORMAT = "rlstack.policy"
+FORMAT_VERSION = 1
+
+
+def model_types() -> dict[str, type[PolicyModel]]:
+    """Registered policy types, by the name used in configs (``policy.type``)."""
+    from robot_learning.policies.bc import BCModel
+    from robot_learning.policies.diffusion import DiffusionModel
+
+    return {"diffusion": DiffusionModel, "bc": BCModel}
+
+
+def build_model(policy_type: str, params: Any, spec: PolicySpec, stats: dict[str, Any]) -> PolicyModel:
+    """Instantiate a policy network from its type name, validated hyper-parameters, spec and stats."""
+    types = model_types()
+    if policy_type not in types:
+        raise ValueError(f"unknown policy type '{policy_type}' (choose from {', '.join(types)})")
+    cls = types[policy_type]
+    config = to_dataclass(params or {}, cls.config_cls, where=f"policy.params ({policy_type})")
+    return cls(spec, config, stats)
+
+
+def checkpoint_dict(model: PolicyModel, state_dict: dict[str, torch.Tensor] | None = None, **extra: Any) -> dict[str, Any]:
+    """The plain-data checkpoint of ``model`` (``state_dict`` overrides its weights, e.g. EMA)."""
+    weights = state_dict if state_dict is not None else model.state_dict()
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "policy_type": model.policy_type,
+        "policy_config": model.config_dict(),
+        "spec": model.spec.to_dict(),
+        "normalizer": model.normalizer.stats,
+        "state_dict": {k: v.detach().cpu() for k, v in weights.items()},
+        **extra,
+    }
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's plain data (no code execution) and check its format tag."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable policy checkpoint: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rlstack policy checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} unsupported (expected {FORMAT_VERSION})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> PolicyModel:
+    """Rebuild the network stored in a checkpoint dict, weights loaded."""
+    spec = PolicySpec.from_dict(ckpt["spec"])
+    model = build_model(ckpt["policy_type"], ckpt["policy_config"], spec, ckpt["normalizer"])
+    model.load_state_dict(ckpt["state_dict"])
+    return model
+
+
+def obs_to_tensors(spec: PolicySpec, obs_history: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Check an observation history against ``spec`` and batch it (B = 1) on ``device``."""
+    spec.check_obs_history(obs_history)
+    out = {}
+    for key in spec.obs_shapes:
+        arr = np.asarray(obs_history[key])
+        if key in spec.image_keys:
+            if arr.dtype != np.uint8:
+                raise ValueError(f"image key '{key}' must be uint8, got {arr.dtype}")
+        else:
+            arr = arr.astype(np.float32, copy=False)
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"observation '{key}' contains NaN or inf")
+        out[key] = torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0).to(device)
+    return out
+
+
+class ModelPolicy(Policy):
+    """A trained ``PolicyModel`` behind the ``Policy`` interface (eval mode, no gradients)."""
+
+    def __init__(self, model: PolicyModel, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = model.spec
+        self.generator = torch.Generator(device=self.device)
+        self.reseed(seed)
+
+    @property
+    def policy_type(self) -> str:
+        """``diffusion`` or ``bc``."""
+        return self.model.policy_type
+
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling noise stream (same seed and inputs -> same chunks)."""
+        self.seed = int(seed)
+        self.generator.manual_seed(self.seed)
+
+    def reseed_from(self, obs_history: dict[str, np.ndarray]) -> None:
+        """Seed from observation content, so a rollout's noise depends only on what it sees."""
+        crc = zlib.crc32(str(self.seed).encode())
+        for key in sorted(obs_history):
+            crc = zlib.crc32(np.ascontiguousarray(obs_history[key]).tobytes(), crc)
+        self.generator.manual_seed(crc)
+
+    def configure_inference(self, **options: Any) -> None:
+        """Forward inference options (``sampler``, ``num_inference_steps`` for diffusion)."""
+        self.model.configure_inference(**options)
+
+    @torch.inference_mode()
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        """One chunk ``(horizon, action_dim)``; BC mixtures return their most likely mode."""
+        obs = obs_to_tensors(self.spec, obs_history, self.device)
+        chunk = self.model.sample_actions(obs, 1, generator=self.generator, deterministic=True)
+        return chunk[0, 0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """``k`` candidate chunks ``(k, horizon, action_dim)`` from one batched pass."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        obs = obs_to_tensors(self.spec, obs_history, self.device)
+        return self.model.sample_actions(obs, k, generator=self.generator)[0].float().cpu().numpy()
+
+    def save(self, path: str | Path) -> None:
+        """Write the self-contained checkpoint (current weights, which are the EMA weights)."""
+        atomic_save(checkpoint_dict(self.model), path)
+
+
+def load_policy(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+) -> ModelPolicy:
+    """Load any policy checkpoint (deployable or training) as a ready-to-run ``Policy``."""
+    model = model_from_checkpoint(read_checkpoint(path))
+    options = {k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps}.items() if v}
+    if options:
+        model.configure_inference(**options)
+    return ModelPolicy(model, device=resolve_device(str(device)), seed=seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; other names are passed to ``torch.device``."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

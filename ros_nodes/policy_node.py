@@ -1,0 +1,272 @@
+"""``policy_node``: a policy as a real-time ROS 2 control node.
+
+Thin rclpy wiring around :class:`robot_learning.deploy.controller.PolicyController`:
+
+- subscribes to the observation topics the policy needs (plus ``ee_pose``/``joint_pos`` for the
+  safety layer), stamping each sample with its header's capture time;
+- a dedicated control thread ticks at ``control_hz`` against absolute deadlines (not an rclpy timer,
+  so subscription callbacks and the GIL-holding executor cannot delay it) and publishes one safe
+  command per tick on ``/action`` (std_msgs/Float64MultiArray);
+- inference runs on the controller's worker thread;
+- ``/estop`` (Bool, latched) latches a hold until ``/policy_node/reset_estop`` (std_srvs/Trigger),
+  which is refused while ``/estop`` still reads true;
+- ``/intervention`` (Bool) hands control to the operator (``takeover=yield``: nothing is published on
+  ``/action``; ``forward``: ``/teleop/action`` is relayed through the safety layer);
+- ``/policy_node/control_source`` (String: policy | human | hold | estop) every tick, for the recorder;
+- ``/policy_node/diagnostics`` (String, JSON) at ``diagnostics_hz``.
+
+    python -m ros_nodes.policy_node --ros-args -p config_json:='{"policy": {"scripted": "expert:lift"}}'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from robot_learning.deploy.config import DeployConfig, StreamConfig
+from robot_learning.deploy.controller import PolicyController
+from robot_learning.deploy.history import ObservationRejected
+from robot_learning.policies.base import Policy
+from ros_nodes.common import (
+    float_array_to_numpy,
+    image_to_numpy,
+    joint_state_to_numpy,
+    now_sec,
+    pose_to_numpy,
+    stamp_to_sec,
+)
+
+MSG_TYPES = {"joint_position": "JointState", "joint_velocity": "JointState", "pose": "PoseStamped",
+             "image": "Image", "float_array": "Float64MultiArray"}
+
+
+def make_reader(stream: StreamConfig, shape: tuple[int, ...]) -> Callable[[Any], tuple[np.ndarray, float]]:
+    """Message -> (value, capture stamp) for one observation key; ValueError names topic and problem."""
+    where = f"{stream.topic} ({stream.key}): "
+    size = int(np.prod(shape))
+
+    def fit(v: np.ndarray) -> np.ndarray:
+        if v.size != size:
+            raise ValueError(f"{where}{v.size} values, the policy expects shape {shape}")
+        return v.reshape(shape)
+
+    def header_stamp(msg: Any) -> float:
+        t = stamp_to_sec(msg.header.stamp)
+        if t <= 0:
+            raise ValueError(f"{where}header stamp is zero: publishers must stamp with the capture time")
+        return t
+
+    if stream.reader == "joint_position":
+        return lambda m: (fit(joint_state_to_numpy(m, where)[0]), header_stamp(m))
+    if stream.reader == "joint_velocity":
+        return lambda m: (fit(joint_state_to_numpy(m, where)[1]), header_stamp(m))
+    if stream.reader == "pose":
+        return lambda m: (fit(pose_to_numpy(m, where)), header_stamp(m))
+    if stream.reader == "image":
+        return lambda m: (image_to_numpy(m, expect_hw=tuple(shape[:2]), where=where), header_stamp(m))
+    # Float64MultiArray has no header: the receive time is the best capture estimate there is.
+    return lambda m: (fit(float_array_to_numpy(m, where)), now_sec())
+
+
+def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> Any:
+    """Build the rclpy node; ``cfg`` defaults to the ``config_json`` parameter."""
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Bool, Float64MultiArray, String
+    from std_srvs.srv import Trigger
+
+    from ros_nodes.common import control_qos, latched_qos, numpy_to_float_array, sensor_pub_qos
+
+    msg_classes = {"JointState": JointState, "PoseStamped": PoseStamped, "Image": Image,
+                   "Float64MultiArray": Float64MultiArray}
+
+    class PolicyNode(Node):
+        """The control node."""
+
+        def __init__(self) -> None:
+            super().__init__("policy_node")
+            config = cfg
+            if config is None:
+                from robot_learning.deploy.config import load_deploy_config
+
+                config = load_deploy_config(json.loads(self.declare_parameter("config_json", "{}").value or "{}"))
+            self.cfg = config
+            pol = policy
+            if pol is None:
+                from robot_learning.deploy.scripted import build_policy
+
+                pol = build_policy(config.policy)
+            self.policy = pol
+            spec = pol.spec
+            extra = {"ee_pose": (7,), "joint_pos": (9,)}
+            extras = {k: extra.get(k, ()) for k in config.safety_streams if k not in spec.obs_shapes}
+            missing_shape = [k for k, v in extras.items() if not v]
+            if missing_shape:
+                raise ValueError(f"safety_streams: no known shape for {missing_shape} (known: {sorted(extra)})")
+            self.ctrl = PolicyController(
+                pol, config.safety, config.scheduler, control_hz=config.control_hz or None, extra_streams=extras,
+                takeover=config.takeover, inference_backoff_s=config.inference_backoff_s,
+            )
+            self.rejections = 0
+            self._obs_group = ReentrantCallbackGroup()
+            shapes = {**spec.obs_shapes, **extras}
+            by_topic: dict[str, list[tuple[str, Callable[[Any], tuple[np.ndarray, float]]]]] = {}
+            topic_type: dict[str, str] = {}
+            for key, shape in shapes.items():
+                stream = config.stream_for(key)
+                by_topic.setdefault(stream.topic, []).append((key, make_reader(stream, tuple(shape))))
+                mtype = MSG_TYPES[stream.reader]
+                if topic_type.setdefault(stream.topic, mtype) != mtype:
+                    raise ValueError(f"streams: topic {stream.topic} read as both {topic_type[stream.topic]} and {mtype}")
+            for topic, readers in by_topic.items():
+                self.create_subscription(msg_classes[topic_type[topic]], topic, self._obs_callback(topic, readers),
+                                         sensor_pub_qos(10), callback_group=self._obs_group)
+            t = config.topics
+            flags = MutuallyExclusiveCallbackGroup()
+            self.estop_asserted = False
+            self.create_subscription(Bool, t.estop, self._on_estop, latched_qos(), callback_group=flags)
+            self.create_subscription(Bool, t.intervention, self._on_intervention, latched_qos(), callback_group=flags)
+            if config.takeover == "forward":
+                self.create_subscription(Float64MultiArray, t.operator_action, self._on_operator, control_qos(),
+                                         callback_group=flags)
+            self.create_service(Trigger, t.reset_estop, self._on_reset_estop, callback_group=flags)
+            self.create_service(Trigger, t.reset_episode, self._on_reset_episode, callback_group=flags)
+            self.pub_action = self.create_publisher(Float64MultiArray, t.action, control_qos())
+            self.pub_source = self.create_publisher(String, t.control_source, control_qos())
+            self.pub_diag = self.create_publisher(String, t.diagnostics, control_qos())
+            self._to_msg = numpy_to_float_array
+            self._String = String
+            self.create_timer(1.0 / config.diagnostics_hz, self._publish_diagnostics, callback_group=flags)
+            self.ctrl.start()
+            self._stop = threading.Event()
+            self.context.on_shutdown(self._stop.set)  # Ctrl-C shuts the context down before close() runs
+            self._control = threading.Thread(target=self._control_loop, name="control-loop", daemon=True)
+            self._control.start()
+            name = getattr(pol, "url", "") or type(pol).__name__
+            self.get_logger().info(
+                f"policy_node: {name} obs={sorted(spec.obs_shapes)} action_dim={spec.action_dim} "
+                f"control {self.ctrl.control_hz} Hz, blend={config.scheduler.blend}, takeover={config.takeover}")
+
+        # -- subscriptions -------------------------------------------------------------------------
+        def _obs_callback(self, topic: str, readers: list) -> Callable[[Any], None]:
+            def callback(msg: Any) -> None:
+                for key, read in readers:
+                    try:
+                        value, stamp = read(msg)
+                        self.ctrl.on_observation(key, value, stamp)
+                    except (ValueError, ObservationRejected) as exc:
+                        self.rejections += 1
+                        self.ctrl.last_problem = str(exc)
+                        self.get_logger().warning(f"rejected observation: {exc}", throttle_duration_sec=1.0)
+            return callback
+
+        def _on_estop(self, msg: Any) -> None:
+            self.estop_asserted = bool(msg.data)
+            if self.estop_asserted:
+                self.ctrl.estop(f"{self.cfg.topics.estop} asserted")
+                self.get_logger().error("e-stop asserted: holding until reset_estop")
+
+        def _on_intervention(self, msg: Any) -> None:
+            self.ctrl.set_intervention(bool(msg.data))
+            self.get_logger().info(f"intervention={bool(msg.data)}")
+
+        def _on_operator(self, msg: Any) -> None:
+            try:
+                self.ctrl.set_operator_action(np.asarray(msg.data, dtype=np.float64), now_sec())
+            except ValueError as exc:
+                self.get_logger().warning(f"operator action: {exc}", throttle_duration_sec=1.0)
+
+        def _on_reset_estop(self, _req: Any, resp: Any) -> Any:
+            if self.estop_asserted:
+                resp.success, resp.message = False, f"{self.cfg.topics.estop} still reads true: release it first"
+            else:
+                self.ctrl.reset_estop()
+                resp.success, resp.message = True, "e-stop released"
+            return resp
+
+        def _on_reset_episode(self, _req: Any, resp: Any) -> Any:
+            self.ctrl.reset_episode()
+            resp.success, resp.message = True, "policy, history and chunks reset"
+            return resp
+
+        # -- control loop ---------------------------------------------------------------------------
+        def _control_loop(self) -> None:
+            period = 1.0 / self.ctrl.control_hz
+            deadline = time.perf_counter()
+            self.overruns = 0
+            while not self._stop.is_set():
+                deadline += period
+                delay = deadline - time.perf_counter()
+                if delay < 0:  # missed a tick: skip ahead instead of bursting to catch up
+                    self.overruns += 1
+                    deadline += math.ceil(-delay / period) * period
+                    delay = deadline - time.perf_counter()
+                time.sleep(max(0.0, delay))
+                try:
+                    result = self.ctrl.tick()
+                    if result.action is not None:
+                        self.pub_action.publish(self._to_msg(result.action))
+                    self.pub_source.publish(self._String(data=result.source))
+                except Exception as exc:  # keep ticking: the next tick holds if this one failed
+                    if self._stop.is_set():
+                        break
+                    self.get_logger().error(f"control tick failed: {exc}", throttle_duration_sec=1.0)
+
+        def _publish_diagnostics(self) -> None:
+            d = self.ctrl.diagnostics()
+            d["rejected_messages"] = self.rejections
+            d["overruns"] = getattr(self, "overruns", 0)
+            self.pub_diag.publish(self._String(data=json.dumps(d, default=float)))
+
+        def close(self) -> None:
+            """Stop the control thread and the inference worker."""
+            self._stop.set()
+            self._control.join(timeout=5)
+            self.ctrl.stop()
+            close = getattr(self.policy, "close", None)
+            if close is not None:
+                close()
+
+    return PolicyNode()
+
+
+def run_node(argv: Sequence[str] | None = None, cfg: DeployConfig | None = None) -> int:
+    """Init rclpy, spin the node on a multi-threaded executor until Ctrl-C, shut down cleanly."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=list(sys.argv if argv is None else argv))
+    node = None
+    executor = MultiThreadedExecutor(num_threads=2)
+    try:
+        node = make_node(cfg)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        executor.shutdown()
+        if rclpy.ok():
+            rclpy.try_shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python -m ros_nodes.policy_node --ros-args -p config_json:=...``."""
+    return run_node(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""``recorder`` node: configured topics -> aligned control steps -> one committed episode at a time.
+
+Subscriptions are KEEP_ALL (reliable by default): a shallow KEEP_LAST reader silently overwrites
+frames under load. Steps are aligned by ``ros_nodes.alignment`` and appended to the store by a
+writer thread as they resolve, so callbacks never wait on disk; ``/recorder/stop`` commits.
+
+Services (std_srvs): ``/recorder/start`` (Trigger), ``/recorder/stop`` (Trigger, commits; the reply
+message is a JSON summary), ``/recorder/discard`` (Trigger), ``/recorder/mark_success`` (SetBool).
+Status (JSON, std_msgs/String) on ``/recorder/status``. Bad messages are logged with the stream,
+topic and reason, counted, and skipped; the node keeps running. An episode in progress when the
+node is stopped is discarded; committed episodes are never touched.
+
+    python -m ros_nodes.recorder --ros-args -p store:=data/demo.zarr \
+        -p streams:="['joint=/joint_states:joint_state', 'camera_front=/camera/front/image_raw:image', \
+                      'action=/action:float_array:next']" -p clock:=joint -p control_hz:=10.0
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ros_nodes.alignment import EpisodeAligner, SampleError, Step, StreamConfig, decode
+
+
+@dataclass
+class RecorderSettings:
+    """What to record and where (the node's parameters)."""
+
+    store: str
+    streams: list[StreamConfig]
+    clock: str = "joint"
+    control_hz: float = 10.0
+    task: str = ""
+    source: str = "teleop"
+    operator: str = ""
+    max_wait_s: float = 1.0  # a stream silent this long is reported as stopped
+    image_codec: str = "jpeg"
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+class _StepWriter:
+    """Appends steps to an EpisodeWriter on a background thread (store writes never block callbacks)."""
+
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+        self.queue: queue.Queue[Step | None] = queue.Queue()
+        self.error: str = ""
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, daemon=True, name="episode-writer")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            step = self.queue.get()
+            if step is None:
+                return
+            if self.error:
+                continue  # the episode is already bad; keep draining
+            try:
+                self.writer.append(step.data, step.stamps)
+                self.written += 1
+            except Exception as exc:  # a store error ends this episode, never the recorder
+                self.error = f"store append failed at step {self.written}: {exc}"
+
+    def finish(self) -> None:
+        """Wait until every queued step is written."""
+        self.queue.put(None)
+        self.thread.join()
+
+
+class Recorder:
+    """Recorder logic without rclpy: messages in, committed episodes out."""
+
+    def __init__(self, settings: RecorderSettings, log: Callable[[str, str], None] | None = None) -> None:
+        from robot_learning.data.store import EpisodeStore
+
+        if not settings.streams:
+            raise ValueError("recorder: no streams configured")
+        names = [s.name for s in settings.streams]
+        if len(set(names)) != len(names):
+            raise ValueError(f"recorder: duplicate stream names in {names}")
+        if settings.clock not in names:
+            raise ValueError(f"recorder: clock stream '{settings.clock}' is not one of {names}")
+        self.settings = settings
+        self.streams = {s.name: s for s in settings.streams}
+        self.log = log or (lambda level, text: print(f"[{level}] {text}", file=sys.stderr))
+        self.store = EpisodeStore.open(settings.store, mode="a", image_codec=settings.image_codec)
+        self.aligner: EpisodeAligner | None = None
+        self.writer: _StepWriter | None = None
+        self.meta: Any = None
+        self.success = False
+        self.committed = 0
+        self.last_summary: dict[str, Any] = {}
+        self._last_recv: dict[str, float] = {}
+        self._stalled: set[str] = set()
+        self._last_log: dict[str, float] = {}
+        self._carry: dict[str, tuple[float, Any]] = {}  # latest-mode values seen between episodes
+
+    @property
+    def recording(self) -> bool:
+        """Whether an episode is open."""
+        return self.aligner is not None
+
+    # ---------------------------------------------------------------- control
+    def start(self, now: float) -> tuple[bool, str]:
+        """Open a new episode; samples stamped before ``now`` are not part of it."""
+        from robot_learning.data.store import EpisodeMeta
+
+        if self.recording:
+            return False, "already recording: stop or discard the current episode first"
+        s = self.settings
+        rates = {"step": s.control_hz, **{k: st.rate_hz for st in s.streams for k in st.keys if st.rate_hz > 0}}
+        self.meta = EpisodeMeta(task=s.task, source=s.source, operator=s.operator, rates=rates, tags=dict(s.tags))
+        self.writer = _StepWriter(self.store.begin_episode(self.meta))
+        self.aligner = EpisodeAligner(s.streams, s.clock, s.control_hz, start_time=now, max_wait_s=s.max_wait_s)
+        for name, (stamp, values) in self._carry.items():
+            self.aligner.carry_in(name, stamp, values)
+        self.success = False
+        self._stalled.clear()
+        self._last_recv = {name: now for name in self.streams}
+        return True, f"recording episode {len(self.store)}"
+
+    def mark_success(self, success: bool) -> tuple[bool, str]:
+        """Set the success flag the episode will be committed with."""
+        if not self.recording:
+            return False, "not recording"
+        self.success = bool(success)
+        return True, f"success={self.success}"
+
+    def stop(self) -> tuple[bool, str]:
+        """Align what is left, write it, commit; the message is a JSON summary (or the reason it failed)."""
+        if not self.recording:
+            return False, "not recording"
+        assert self.aligner is not None and self.writer is not None
+        for step in self.aligner.flush():
+            self.writer.queue.put(step)
+        self.writer.finish()
+        summary = {"streams": self.aligner.summary(), "steps": self.writer.written, "success": self.success}
+        writer, error = self.writer.writer, self.writer.error
+        self.aligner, self.writer = None, None
+        self.last_summary = summary
+        if error or writer._n == 0:
+            writer.discard()
+            reason = error or (f"no steps recorded (is the clock stream '{self.settings.clock}' "
+                               f"({self.streams[self.settings.clock].topic}) publishing?)")
+            self.log("error", f"episode discarded: {reason}")
+            return False, json.dumps({**summary, "error": reason})
+        writer.meta.tags["recorder"] = {"streams": summary["streams"]}
+        index = writer.commit(success=self.success)
+        self.committed += 1
+        summary["episode"] = index
+        self.log("info", f"committed episode {index}: {summary['steps']} steps, success={self.success}")
+        return True, json.dumps(summary)
+
+    def discard(self) -> tuple[bool, str]:
+        """Drop the open episode."""
+        if not self.recording:
+            return False, "not recording"
+        assert self.writer is not None
+        self.writer.finish()
+        self.writer.writer.discard()
+        self.aligner, self.writer = None, None
+        return True, "episode discarded"
+
+    # ---------------------------------------------------------------- data
+    def on_message(self, name: str, msg: Any, recv_time: float) -> None:
+        """One message of stream ``name``: decode, check, align; bad input is logged and skipped."""
+        if not self.recording:
+            if self.streams[name].mode == "latest":  # keep the state of flags for the next episode
+                try:
+                    stamp, values = decode(self.streams[name], msg)
+                    self._carry[name] = (recv_time if stamp is None else stamp, values)
+                except SampleError as exc:
+                    self._log_throttled(name, f"rejected message: {exc}")
+            return
+        assert self.aligner is not None
+        self._last_recv[name] = recv_time
+        if name in self._stalled:
+            self._stalled.discard(name)
+            self.log("info", f"stream '{name}' ({self.streams[name].topic}) is publishing again")
+        try:
+            stamp, values = decode(self.streams[name], msg)
+        except SampleError as exc:
+            self.aligner.stats[name].rejected += 1  # add() counts its own rejections
+            self.aligner.stats[name].last_error = str(exc)
+            self._log_throttled(name, f"rejected message: {exc}")
+            return
+        try:
+            self.aligner.add(name, stamp, values, recv_time)
+        except SampleError as exc:
+            self._log_throttled(name, f"rejected message: {exc}")
+            return
+        self.poll(recv_time)
+
+    def on_lost(self, name: str, count: int) -> None:
+        """DDS reported ``count`` messages of stream ``name`` lost."""
+        if self.recording and count > 0:
+            assert self.aligner is not None
+            self.aligner.add_lost(name, count)
+            self._log_throttled(name, f"stream '{name}' ({self.streams[name].topic}): DDS lost {count} message(s)")
+
+    def poll(self, now: float) -> None:
+        """Hand resolved steps to the writer; report streams that stopped publishing."""
+        if not self.recording:
+            return
+        assert self.aligner is not None and self.writer is not None
+        for step in self.aligner.pop_ready(now):
+            self.writer.queue.put(step)
+        for name, last in self._last_recv.items():
+            if name not in self._stalled and now - last > self.settings.max_wait_s and self.streams[name].mode != "latest":
+                self._stalled.add(name)
+                self.log("error", f"stream '{name}' ({self.streams[name].topic}) stopped publishing: "
+                                  f"no message for {now - last:.1f} s; its steps are dropped until it returns")
+
+    def status(self) -> dict[str, Any]:
+        """JSON-friendly state: recording, committed count, current episode counters."""
+        out: dict[str, Any] = {"recording": self.recording, "committed": self.committed, "store": self.settings.store}
+        if self.aligner is not None and self.writer is not None:
+            out.update(steps=self.writer.written, streams=self.aligner.summary(), stalled=sorted(self._stalled))
+        return out
+
+    def close(self) -> None:
+        """Shutdown: an open episode is discarded (never half-committed)."""
+        if self.recording:
+            self.log("warn", "shutting down while recording: the open episode is discarded")
+            self.discard()
+        self.store.close()
+
+    def _log_throttled(self, name: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(name, -1e9) >= 1.0:
+            self._last_log[name] = now
+            self.log("error", text)
+
+
+def make_node() -> Any:
+    """Build the rclpy node (parameters from the command line / params file)."""
+    from rclpy.event_handler import SubscriptionEventCallbacks
+    from rclpy.node import Node
+    from std_msgs.msg import String
+    from std_srvs.srv import SetBool, Trigger
+
+    from ros_nodes.common import TOPICS, now_sec, recorder_sub_qos
+
+    def msg_class(ros_type: str) -> Any:
+        pkg, _, name = ros_type.split("/")
+        return getattr(__import__(f"{pkg}.msg", fromlist=[name]), name)
+
+    class RecorderNode(Node):
+        """Thin rclpy wiring around ``Recorder``."""
+
+        def __init__(self) -> None:
+            super().__init__("recorder")
+            specs = [s for s in self.declare_parameter("streams", [""]).value if s]
+            settings = RecorderSettings(
+                store=self.declare_parameter("store", "data/collect.zarr").value,
+                streams=[StreamConfig.from_param(s) for s in specs],
+                clock=self.declare_parameter("clock", "joint").value,
+                control_hz=float(self.declare_parameter("control_hz", 10.0).value),
+                task=self.declare_parameter("task", "").value,
+                source=self.declare_parameter("source", "teleop").value,
+                operator=self.declare_parameter("operator", "").value,
+                max_wait_s=float(self.declare_parameter("max_wait_s", 1.0).value),
+                image_codec=self.declare_parameter("image_codec", "jpeg").value,
+            )
+            logger = self.get_logger()
+            levels = {"info": logger.info, "warn": logger.warning, "error": logger.error}
+            self.rec = Recorder(settings, log=lambda level, text: levels[level](text))
+            for s in settings.streams:
+                events = SubscriptionEventCallbacks(
+                    message_lost=lambda ev, n=s.name: self.rec.on_lost(n, ev.total_count_change),
+                    incompatible_qos=lambda ev, n=s.name, t=s.topic: logger.error(
+                        f"stream '{n}' ({t}): publisher QoS incompatible with this reader "
+                        f"(reliable={self.rec.streams[n].reliable}); nothing will arrive. Last policy kind: "
+                        f"{ev.last_policy_kind}"),
+                )
+                self.create_subscription(
+                    msg_class(s.ros_type), s.topic, lambda msg, n=s.name: self.rec.on_message(n, msg, now_sec()),
+                    recorder_sub_qos(s.reliable, latched=s.type == "bool" and s.mode == "latest"),
+                    event_callbacks=events)
+            self.create_service(Trigger, TOPICS.recorder_start, self._srv(lambda: self.rec.start(now_sec())))
+            self.create_service(Trigger, TOPICS.recorder_stop, self._srv(self.rec.stop))
+            self.create_service(Trigger, TOPICS.recorder_discard, self._srv(self.rec.discard))
+            self.create_service(SetBool, TOPICS.recorder_mark_success, self._on_mark)
+            self.pub_status = self.create_publisher(String, TOPICS.recorder_status, 10)
+            self.create_timer(0.05, lambda: self.rec.poll(now_sec()))
+            self.create_timer(0.5, lambda: self.pub_status.publish(String(data=json.dumps(self.rec.status()))))
+            logger.info(f"recorder: {len(settings.streams)} streams -> {settings.store} "
+                        f"(clock '{settings.clock}' @ {settings.control_hz} Hz)")
+
+        def _srv(self, fn: Callable[[], tuple[bool, str]]) -> Callable[[Any, Any], Any]:
+            def handler(_req: Any, resp: Any) -> Any:
+                resp.success, resp.message = fn()
+                return resp
+
+            return handler
+
+        def _on_mark(self, req: Any, resp: Any) -> Any:
+            resp.success, resp.message = self.rec.mark_success(bool(req.data))
+            return resp
+
+        def close(self) -> None:
+            """Discard an open episode and close the store."""
+            self.rec.close()
+
+    return RecorderNode()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python -m ros_nodes.recorder --ros-args -p store:=… -p streams:=[…]``."""
+    from ros_nodes.common import run_node_main
+
+    return run_node_main(make_node, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""``teleop`` node: a person at a keyboard, or the sim's scripted expert, publishes ``/action``.
+
+- ``mode:=expert``: the scripted expert runs in this process on the privileged state that
+  ``sim_robot`` publishes (``/sim/privileged_state``) and answers every observation with one action.
+- ``mode:=keyboard``: a terminal in raw mode; motion keys publish ee-delta actions at the control
+  rate, ``i`` toggles the intervention flag, and the recorder is driven from the same keyboard.
+
+Keys (keyboard mode)::
+
+    w/s  +x/-x     a/d  +y/-y     r/f  +z/-z     q/e  yaw +/-     space  gripper open/close
+    i    intervention on/off (a person taking over is recorded on /intervention)
+    b    begin episode   n  end + commit   y  mark success   x  discard episode   Ctrl-C quit
+
+    python -m ros_nodes.teleop --ros-args -p mode:=expert -p task:=lift
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ros_nodes.common import TOPICS
+from ros_nodes.sim_robot import FLAG_PREFIX, STEPS_LABEL
+
+# key -> (action index, sign) for motion keys
+MOTION_KEYS: dict[str, tuple[int, float]] = {
+    "w": (0, 1.0), "s": (0, -1.0), "a": (1, 1.0), "d": (1, -1.0),
+    "r": (2, 1.0), "f": (2, -1.0), "q": (3, 1.0), "e": (3, -1.0),
+}
+# key -> recorder service (topic name from the contract)
+RECORDER_KEYS: dict[str, str] = {
+    "b": TOPICS.recorder_start, "n": TOPICS.recorder_stop, "x": TOPICS.recorder_discard, "y": TOPICS.recorder_mark_success,
+}
+
+
+class PrivilegedView:
+    """Stands in for the sim robot in the teleop process: what the expert reads, from the topic."""
+
+    def __init__(self, control_hz: float) -> None:
+        self.control_hz = float(control_hz)
+        self.steps = 0
+        self._state: dict[str, np.ndarray] = {}
+        self.task = _TaskFlags(self)
+
+    def update(self, segments: dict[str, np.ndarray]) -> None:
+        """Take one privileged-state message (labelled segments)."""
+        if STEPS_LABEL not in segments:
+            raise ValueError(f"{TOPICS.privileged_state}: no '{STEPS_LABEL}' segment (got {sorted(segments)})")
+        self.steps = int(segments[STEPS_LABEL][0])
+        self._state = segments
+
+    def privileged(self) -> dict[str, np.ndarray]:
+        """The robot's privileged state (as ``SimRobot.privileged``)."""
+        return {k: v.astype(np.float32) for k, v in self._state.items() if k != STEPS_LABEL and not k.startswith(FLAG_PREFIX)}
+
+
+class _TaskFlags:
+    """``robot.task.<predicate>()`` answered from ``task_<predicate>`` segments."""
+
+    def __init__(self, view: PrivilegedView) -> None:
+        self._view = view
+
+    def __getattr__(self, name: str) -> Callable[[], bool]:
+        key = FLAG_PREFIX + name
+        if key not in self._view._state:
+            raise AttributeError(
+                f"the expert asked for task.{name}() but sim_robot does not publish it: "
+                f"start sim_robot with -p task_flags:=\"[{name}]\"")
+        return lambda: bool(self._view._state[key][0] > 0.5)
+
+
+class ExpertTeleop:
+    """Scripted expert as a teleoperator: one action per observed state."""
+
+    def __init__(self, expert: Any, control_hz: float) -> None:
+        self.expert = expert
+        self.view = PrivilegedView(control_hz)
+        self.last_step = -1
+
+    def reset(self) -> None:
+        """New episode."""
+        self.expert.reset()
+        self.last_step = -1
+
+    def on_state(self, segments: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Action for this state, or None if the step was already answered (a repeated message)."""
+        self.view.update(segments)
+        if self.view.steps == self.last_step:
+            return None
+        self.last_step = self.view.steps
+        return np.asarray(self.expert.act(self.view), dtype=np.float64)
+
+
+class KeyboardTeleop:
+    """Key presses -> ee-delta actions: a motion key moves for ``hold_s`` (terminal auto-repeat keeps it going)."""
+
+    def __init__(self, action_dim: int = 5, speed: float = 1.0, hold_s: float = 0.25) -> None:
+        self.action_dim = action_dim
+        self.speed = speed
+        self.hold_s = hold_s
+        self.gripper = 1.0  # open
+        self.intervention = False
+        self._until = np.zeros(action_dim)
+        self._sign = np.zeros(action_dim)
+
+    def on_key(self, key: str, now: float) -> str | None:
+        """Handle one key; returns a recorder service name to call, if the key asks for one."""
+        if key in MOTION_KEYS:
+            i, sign = MOTION_KEYS[key]
+            self._sign[i], self._until[i] = sign, now + self.hold_s
+        elif key == " ":
+            self.gripper = -self.gripper
+        elif key == "i":
+            self.intervention = not self.intervention
+        elif key in RECORDER_KEYS:
+            return RECORDER_KEYS[key]
+        return None
+
+    def action(self, now: float) -> np.ndarray:
+        """The action at ``now``: held motion keys, and the gripper state."""
+        a = np.where(self._until > now, self._sign * self.speed, 0.0)
+        a[-1] = self.gripper
+        return a
+
+
+def read_keys(on_key: Callable[[str], None], stop: Callable[[], bool]) -> None:
+    """Read single key presses from the terminal (cbreak mode) until ``stop()``; restores the terminal."""
+    import select
+    import termios
+    import tty
+
+    fd = sys.stdin.fileno()
+    old = termios.tcgetattr(fd)
+    try:
+        tty.setcbreak(fd)
+        while not stop():
+            ready, _, _ = select.select([sys.stdin], [], [], 0.1)
+            if ready:
+                on_key(sys.stdin.read(1))
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
+def make_node() -> Any:
+    """Build the rclpy node (parameters from the command line / params file)."""
+    import threading
+
+    from rclpy.node import Node
+    from std_msgs.msg import Bool, Float64MultiArray
+    from std_srvs.srv import SetBool, Trigger
+
+    from ros_nodes.common import (
+        control_qos,
+        float_array_segments,
+        latched_qos,
+        numpy_to_float_array,
+        sensor_pub_qos,
+    )
+
+    class TeleopNode(Node):
+        """Thin rclpy wiring around ``ExpertTeleop`` / ``KeyboardTeleop``."""
+
+        def __init__(self) -> None:
+            super().__init__("teleop")
+            self.mode = self.declare_parameter("mode", "expert").value
+            control_hz = float(self.declare_parameter("control_hz", 10.0).value)
+            self.pub_action = self.create_publisher(Float64MultiArray, TOPICS.action, control_qos())
+            self.pub_intervention = self.create_publisher(Bool, TOPICS.intervention, latched_qos())
+            self.pub_intervention.publish(Bool(data=False))
+            self.create_service(Trigger, TOPICS.teleop_reset, self._on_reset)
+            self.published = 0
+            if self.mode == "expert":
+                from sim import make_expert
+
+                task = self.declare_parameter("task", "lift").value
+                quality = float(self.declare_parameter("quality", 1.0).value)
+                seed = int(self.declare_parameter("seed", 0).value)
+                self.expert = ExpertTeleop(make_expert(task, quality=quality, seed=seed), control_hz)
+                self.create_subscription(Float64MultiArray, TOPICS.privileged_state, self._on_state, sensor_pub_qos())
+                self.get_logger().info(f"teleop: scripted expert for '{task}' (quality {quality}, seed {seed})")
+            elif self.mode == "keyboard":
+                self.keyboard = KeyboardTeleop(int(self.declare_parameter("action_dim", 5).value))
+                self._clients = {
+                    TOPICS.recorder_start: self.create_client(Trigger, TOPICS.recorder_start),
+                    TOPICS.recorder_stop: self.create_client(Trigger, TOPICS.recorder_stop),
+                    TOPICS.recorder_discard: self.create_client(Trigger, TOPICS.recorder_discard),
+                    TOPICS.recorder_mark_success: self.create_client(SetBool, TOPICS.recorder_mark_success),
+                }
+                self.create_timer(1.0 / control_hz, self._publish_keyboard)
+                self._stopping = False
+                if sys.stdin.isatty():
+                    threading.Thread(target=read_keys, args=(self._on_key, lambda: self._stopping), daemon=True).start()
+                    print(__doc__.split("Keys (keyboard mode)::")[1].split("python -m")[0], flush=True)
+                else:
+                    self.get_logger().error("teleop: mode=keyboard needs a terminal (stdin is not a tty)")
+            else:
+                raise ValueError(f"teleop: unknown mode '{self.mode}' (choose expert or keyboard)")
+
+        def _on_reset(self, _req: Any, resp: Any) -> Any:
+            if self.mode == "expert":
+                self.expert.reset()
+            resp.success, resp.message = True, "teleop reset"
+            return resp
+
+        def _on_state(self, msg: Any) -> None:
+            try:
+                action = self.expert.on_state(float_array_segments(msg))
+            except (ValueError, AttributeError, KeyError) as exc:
+                self.get_logger().error(f"expert teleop: {exc}", throttle_duration_sec=1.0)
+                return
+            if action is not None:
+                self.pub_action.publish(numpy_to_float_array(action))
+                self.published += 1
+
+        def _on_key(self, key: str) -> None:
+            was = self.keyboard.intervention
+            service = self.keyboard.on_key(key, time.time())
+            if self.keyboard.intervention != was:
+                self.pub_intervention.publish(Bool(data=self.keyboard.intervention))
+                self.get_logger().info(f"intervention {'ON' if self.keyboard.intervention else 'off'}")
+            if service is not None:
+                client = self._clients[service]
+                req = SetBool.Request(data=True) if service == TOPICS.recorder_mark_success else Trigger.Request()
+                if not client.service_is_ready():
+                    self.get_logger().error(f"{service}: recorder not running")
+                    return
+                client.call_async(req).add_done_callback(
+                    lambda f, s=service: self.get_logger().info(f"{s}: {f.result().message}"))
+
+        def _publish_keyboard(self) -> None:
+            self.pub_action.publish(numpy_to_float_array(self.keyboard.action(time.time())))
+            self.published += 1
+
+        def close(self) -> None:
+            """Stop the key reader (restores the terminal)."""
+            self._stopping = True
+
+    return TeleopNode()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: ``python -m ros_nodes.teleop --ros-args -p mode:=expert``."""
+    from ros_nodes.common import run_node_main
+
+    return run_node_main(make_node, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Faults in a running deployment: a policy server that dies mid-episode, a policy that emits NaN.
+
+Real processes and a real rclpy graph: sim_robot as a process, `rlstack serve` as a process
+(killed and restarted), the policy node as a process or in this process with an injected policy.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from robot_learning.policies.base import Policy
+from tests.integration.test_deploy_closed_loop import CONTROL_HZ, Probe, sim_params
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, log: Path) -> subprocess.Popen:
+    """`rlstack serve` with the scripted lift expert, as its own process."""
+    cmd = [sys.executable, "-m", "robot_learning.cli", "serve", "--scripted", "expert:lift", "--port", str(port),
+           "--control-hz", str(CONTROL_HZ)]
+    proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    end = time.time() + 30
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        assert proc.poll() is None, f"policy server exited: {log.read_text()[-2000:]}"
+        time.sleep(0.1)
+    raise AssertionError("policy server did not start listening")
+
+
+def test_server_dies_mid_episode_node_holds_and_reconnects(rclpy_context: Any, tmp_path: Path) -> None:
+    from ros_nodes.common import NodeProcess
+
+    port = free_port()
+    server = start_server(port, tmp_path / "server.log")
+    sim = NodeProcess("ros_nodes.sim_robot", sim_params(), env=rclpy_context.env, log_path=tmp_path / "sim.log")
+    cfg = {"policy": {"server": f"ws://127.0.0.1:{port}", "timeout_s": 1.0},
+           "safety": {"stale_timeout_s": 0.3}, "scheduler": {"blend": "latest"}}
+    node = NodeProcess("ros_nodes.policy_node", {"config_json": json.dumps(cfg)}, env=rclpy_context.env,
+                       log_path=tmp_path / "policy.log")
+    probe = Probe()
+    try:
+        probe.wait_for(lambda: "policy" in probe.sources_since(time.time() - 0.5), timeout=40, what="policy control")
+        server.send_signal(signal.SIGKILL)  # dies mid-episode, no goodbye
+        server.wait(10)
+        killed = time.time()
+        probe.wait_for(lambda: probe.diagnostics.get("inference_errors", 0) > 0, timeout=10, what="inference errors")
+        time.sleep(1.0)
+        # chunks run out (horizon 2 at 10 Hz): from 0.3 s after the kill the robot must be held
+        held = probe.actions_since(killed + 0.3)
+        assert held and all(np.all(a[:4] == 0.0) for a in held)
+        assert set(probe.sources_since(killed + 0.3)) == {"hold"}
+        assert "unreachable" in probe.diagnostics["last_inference_error"] or "policy server" in \
+            probe.diagnostics["last_inference_error"]
+        assert node.alive()
+        server = start_server(port, tmp_path / "server.log")  # restart on the same port
+        probe.wait_for(lambda: "policy" in probe.sources_since(time.time() - 0.3), timeout=20,
+                       what="policy control after the server restart")
+        probe.wait_for(lambda: probe.success, timeout=60, what="task success after the reconnect")
+    finally:
+        node.stop()
+        sim.stop()
+        server.kill()
+        server.wait(10)
+        probe.close()
+        for log in tmp_path.glob("*.log"):
+            print(f"--- {log.name}\n{log.read_text()[-2000:]}")
+
+
+class NaNEveryOtherChunk(Policy):
+    """Wraps the scripted expert; every second chunk is NaN."""
+
+    def __init__(self) -> None:
+        from robot_learning.deploy.scripted import ExpertPolicy
+
+        self.inner = ExpertPolicy("lift", control_hz=CONTROL_HZ)
+        self.spec = self.inner.spec
+        self.calls = 0
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        self.calls += 1
+        chunk = self.inner.predict_chunk(obs_history)
+        return chunk * np.nan if self.calls % 2 == 0 else chunk
+
+
+def test_nan_actions_are_rejected_never_published(rclpy_context: Any, tmp_path: Path) -> None:
+    from rclpy.executors import MultiThreadedExecutor
+
+    from robot_learning.deploy.config import load_deploy_config
+    from ros_nodes.common import NodeProcess
+    from ros_nodes.policy_node import make_node
+
+    sim = NodeProcess("ros_nodes.sim_robot", sim_params(), env=rclpy_context.env, log_path=tmp_path / "sim.log")
+    cfg = load_deploy_config({"policy": {"scripted": "expert:lift"}, "safety": {"stale_timeout_s": 0.3}})
+    policy = NaNEveryOtherChunk()
+    node = make_node(cfg, policy=policy)
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    probe = Probe()
+    try:
+        probe.wait_for(lambda: node.ctrl.safety.counts.get("bad_action", 0) >= 3, timeout=40, what="NaN rejections")
+        probe.wait_for(lambda: len(probe.actions_since(0)) > 10, timeout=10, what="actions")
+        actions = probe.actions_since(0)
+        assert all(np.all(np.isfinite(a)) for a in actions), "a NaN reached /action"
+        assert "policy" in probe.sources_since(0) and "hold" in probe.sources_since(0)
+        assert "NaN" in node.ctrl.last_problem or node.ctrl.safety.counts["bad_action"] >= 3
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        sim.stop()
+        probe.close()

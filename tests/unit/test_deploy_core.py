@@ -1,0 +1,251 @@
+"""Unit tests of the deploy core: scheduler, observation history, safety layer, controller."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from robot_learning.deploy.controller import PolicyController
+from robot_learning.deploy.history import ObservationHistory, ObservationRejected
+from robot_learning.deploy.safety import SafetyConfig, SafetyLayer
+from robot_learning.deploy.scheduler import ActionScheduler, SchedulerConfig
+from robot_learning.policies.base import Policy, PolicySpec
+
+DT = 0.1
+
+
+def ramp_chunk(start: float, n: int = 8, dim: int = 2) -> np.ndarray:
+    """Chunk whose action i is (start + i) in every dim, so the executed index is visible."""
+    return np.repeat((start + np.arange(n, dtype=np.float64))[:, None], dim, axis=1)
+
+
+# -- scheduler ------------------------------------------------------------------------------------
+def test_late_actions_are_dropped_and_the_rest_follow_the_observation_clock() -> None:
+    s = ActionScheduler(DT, SchedulerConfig(blend="latest"))
+    # observation captured at t=10.0, chunk arrives 0.27 s later: actions 0..2 are in the past
+    usable = s.add_chunk(ramp_chunk(0), t0=10.0, now=10.27)
+    assert usable == 5 and s.stats.late_dropped == 3
+    assert s.action_at(10.3)[0] == 3.0
+    assert s.action_at(10.4)[0] == 4.0
+    assert s.action_at(10.7)[0] == 7.0
+    assert s.action_at(10.9) is None and s.stats.starved_ticks == 1
+
+
+def test_stale_and_out_of_order_chunks_are_not_scheduled() -> None:
+    s = ActionScheduler(DT, SchedulerConfig(blend="latest"))
+    assert s.add_chunk(ramp_chunk(0), t0=10.0, now=11.0) == 0 and s.stats.stale_chunks == 1
+    assert s.add_chunk(ramp_chunk(100), t0=10.5, now=10.55) > 0
+    assert s.add_chunk(ramp_chunk(200), t0=10.4, now=10.56) == 0 and s.stats.out_of_order_chunks == 1
+    assert s.action_at(10.6)[0] == 101.0
+
+
+def test_temporal_ensemble_weights_overlapping_chunks() -> None:
+    s = ActionScheduler(DT, SchedulerConfig(blend="temporal_ensemble", ensemble_decay=0.0))
+    s.add_chunk(ramp_chunk(0), t0=10.0, now=10.0)
+    s.add_chunk(ramp_chunk(100), t0=10.2, now=10.2)
+    # at t=10.3 the old chunk says 3, the new one says 101: equal weights with decay 0
+    assert s.action_at(10.3)[0] == pytest.approx(52.0)
+
+
+def test_crossfade_moves_gradually_from_old_to_new_chunk() -> None:
+    s = ActionScheduler(DT, SchedulerConfig(blend="crossfade", blend_steps=4))
+    s.add_chunk(np.zeros((8, 1)), t0=10.0, now=10.0)
+    s.add_chunk(np.ones((8, 1)), t0=10.2, now=10.2)
+    values = [s.action_at(10.2 + k * DT)[0] for k in range(5)]
+    assert values == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_scheduler_config_rejects_unknown_blend() -> None:
+    with pytest.raises(ValueError, match="scheduler.blend"):
+        SchedulerConfig(blend="average")
+
+
+# -- observation history -----------------------------------------------------------------------------
+def test_history_samples_on_grid_and_pads_short_history() -> None:
+    h = ObservationHistory({"a": (1,), "b": (1,)})
+    for t in (1.00, 1.05, 1.10, 1.15, 1.20):
+        h.add("a", np.array([t], np.float32), t)
+    h.add("b", np.array([7.0], np.float32), 1.18)
+    obs, t_ref = h.sample(3, 0.1)
+    assert t_ref == pytest.approx(1.20)
+    assert obs["a"][:, 0] == pytest.approx([1.00, 1.10, 1.20])
+    assert obs["b"][:, 0] == pytest.approx([7.0, 7.0, 7.0])  # padded with its only sample
+
+
+def test_history_rejects_malformed_and_out_of_order_samples_with_reasons() -> None:
+    h = ObservationHistory({"joint_pos": (3,)})
+    h.add("joint_pos", np.zeros(3, np.float32), 5.0)
+    with pytest.raises(ObservationRejected, match="joint_pos.*out of order"):
+        h.add("joint_pos", np.zeros(3, np.float32), 4.0)
+    with pytest.raises(ObservationRejected, match="joint_pos.*shape"):
+        h.add("joint_pos", np.zeros(4, np.float32), 6.0)
+    with pytest.raises(ObservationRejected, match="NaN"):
+        h.add("joint_pos", np.array([0, np.nan, 0], np.float32), 6.0)
+    with pytest.raises(ObservationRejected, match="unknown stream"):
+        h.add("camera_top", np.zeros(3, np.float32), 6.0)
+    assert h.stats.rejected == {"out_of_order": 1, "bad_shape": 1, "non_finite": 1, "unknown": 1}
+    assert h.newest_stamps() == {"joint_pos": 5.0}
+
+
+# -- safety layer ------------------------------------------------------------------------------------
+def make_safety(**kw) -> SafetyLayer:
+    cfg = SafetyConfig(action_low=[-1.0] * 5, action_high=[1.0] * 5, **kw)
+    return SafetyLayer(cfg, 5)
+
+
+def test_nan_and_out_of_range_actions_are_rejected_and_hold() -> None:
+    s = make_safety()
+    ok = s.filter(np.array([0.1, 0, 0, 0, 0.8]), now=1.0)
+    assert ok.status == "ok"
+    bad = s.filter(np.array([0.1, np.nan, 0, 0, 0.8]), now=1.1)
+    assert bad.status == "hold" and "NaN" in bad.reasons[0]
+    assert bad.action.tolist() == [0, 0, 0, 0, 0.8]  # motion zero, gripper kept
+    far = s.filter(np.array([0, 0, 3.0, 0, 0]), now=1.2)
+    assert far.status == "hold" and "dims [2] out of range" in far.reasons[0]
+    near = s.filter(np.array([0, 0, 1.03, 0, 0]), now=1.3)
+    assert near.status == "limited" and near.action[2] == 1.0
+
+
+def test_watchdog_holds_on_stale_or_missing_streams() -> None:
+    s = make_safety(stale_timeout_s=0.2)
+    fresh = s.filter(np.full(5, 0.5), now=10.0, newest_stamps={"joint_pos": 9.9})
+    assert fresh.status == "ok"
+    stale = s.filter(np.full(5, 0.5), now=10.0, newest_stamps={"joint_pos": 9.7})
+    assert stale.status == "hold" and "joint_pos last captured 0.300 s ago" in stale.reasons[0]
+    missing = s.filter(np.full(5, 0.5), now=10.0, newest_stamps={"joint_pos": float("nan")})
+    assert "never received" in missing.reasons[0]
+
+
+def test_estop_latches_until_reset() -> None:
+    s = make_safety()
+    s.estop("operator button")
+    for t in range(3):
+        d = s.filter(np.full(5, 0.3), now=float(t))
+        assert d.status == "hold" and "operator button" in d.reasons[0]
+    s.reset_estop()
+    assert s.filter(np.full(5, 0.3), now=5.0).status == "ok"
+
+
+def test_velocity_acceleration_and_workspace_limits() -> None:
+    s = make_safety(max_velocity=[0.5] * 5, max_acceleration=[0.2] * 5,
+                    workspace_low=[0.0, -0.5, 0.0], workspace_high=[1.0, 0.5, 1.0], delta_scale_m=0.1)
+    d = s.filter(np.array([1.0, 0, 0, 0, 0]), now=0.0, ee_pos=np.array([0.5, 0, 0.5]))
+    assert d.action[0] == pytest.approx(0.2)  # from rest: acceleration limit
+    for _ in range(5):
+        d = s.filter(np.array([1.0, 0, 0, 0, 0]), now=0.0, ee_pos=np.array([0.5, 0, 0.5]))
+    assert d.action[0] == pytest.approx(0.5)  # velocity limit
+    # 0.02 m from the top of the box: a downward-safe, upward-limited z command
+    s2 = make_safety(workspace_low=[0.0, -0.5, 0.0], workspace_high=[1.0, 0.5, 1.0], delta_scale_m=0.1)
+    d = s2.filter(np.array([0, 0, 1.0, 0, 0]), now=0.0, ee_pos=np.array([0.5, 0, 0.98]))
+    assert d.action[2] == pytest.approx(0.2) and "workspace limited" in d.reasons
+    d = s2.filter(np.array([0, 0, -1.0, 0, 0]), now=0.0, ee_pos=np.array([0.5, 0, 0.98]))
+    assert d.action[2] == pytest.approx(-1.0)
+
+
+def test_joint_limits_hold() -> None:
+    s = make_safety(joint_low=[-1.0, -1.0], joint_high=[1.0, 1.0])
+    d = s.filter(np.zeros(5), now=0.0, joint_pos=np.array([0.0, 1.2]))
+    assert d.status == "hold" and "joints [1]" in d.reasons[0]
+
+
+def test_safety_config_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match="workspace_low"):
+        SafetyConfig(workspace_low=[0, 0, 0], workspace_high=[1, 1])
+    with pytest.raises(ValueError, match="max_velocity"):
+        SafetyLayer(SafetyConfig(max_velocity=[1.0, 1.0]), 5)
+
+
+# -- controller ---------------------------------------------------------------------------------------
+class StepPolicy(Policy):
+    """Chunk = newest low-dim observation value + step index; optional delay and NaN output."""
+
+    def __init__(self, delay_s: float = 0.0, nan: bool = False) -> None:
+        self.spec = PolicySpec(obs_shapes={"x": (2,)}, action_dim=2, n_obs_steps=2, horizon=8,
+                               n_action_steps=4, control_hz=20.0)
+        self.delay_s, self.nan, self.calls = delay_s, nan, 0
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        self.spec.check_obs_history(obs_history)
+        self.calls += 1
+        time.sleep(self.delay_s)
+        out = np.zeros((8, 2)) + 0.01 * np.arange(8)[:, None]
+        return out * np.nan if self.nan else out
+
+
+def run_controller(ctrl: PolicyController, seconds: float, feed: bool = True) -> list:
+    """Feed observations and tick at the control rate in real time; return the tick results."""
+    results = []
+    period = 1.0 / ctrl.control_hz
+    end = time.time() + seconds
+    while time.time() < end:
+        now = time.time()
+        if feed:
+            ctrl.on_observation("x", np.zeros(2, np.float32), now)
+        results.append(ctrl.tick(now))
+        time.sleep(period)
+    return results
+
+
+def test_controller_streams_policy_actions_without_blocking_on_slow_inference() -> None:
+    policy = StepPolicy(delay_s=0.12)  # longer than two control periods
+    ctrl = PolicyController(policy, SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]))
+    ctrl.start()
+    try:
+        t0 = time.perf_counter()
+        results = run_controller(ctrl, 1.0)
+        elapsed = time.perf_counter() - t0
+    finally:
+        ctrl.stop()
+    assert elapsed < 1.3  # ticks were never stuck behind inference
+    sources = [r.source for r in results]
+    assert sources[0] == "hold" and "policy" in sources
+    assert sum(s == "policy" for s in sources[len(sources) // 2:]) >= 0.8 * (len(sources) - len(sources) // 2)
+    d = ctrl.diagnostics()
+    assert d["chunks"] >= 2 and d["late_dropped_actions"] >= 2  # 0.12 s latency drops >= 2 actions per chunk
+    assert d["inference_p50_ms"] >= 100
+
+
+def test_controller_holds_on_nan_policy_and_on_watchdog_and_reports_why() -> None:
+    ctrl = PolicyController(StepPolicy(nan=True), SafetyConfig(hold_keep_dims=[]))
+    ctrl.start()
+    try:
+        results = run_controller(ctrl, 0.4)
+        assert all(r.status == "hold" for r in results)
+        assert ctrl.safety.counts.get("bad_action", 0) >= 1
+        assert all(np.all(r.action == 0) for r in results)
+    finally:
+        ctrl.stop()
+    ctrl2 = PolicyController(StepPolicy(), SafetyConfig(stale_timeout_s=0.1, hold_keep_dims=[]))
+    ctrl2.start()
+    try:
+        run_controller(ctrl2, 0.4)
+        late = run_controller(ctrl2, 0.4, feed=False)
+    finally:
+        ctrl2.stop()
+    # observations stopped: hold within timeout + one control period (0.1 + 0.05 s = 3 ticks)
+    assert all(r.status == "hold" and "stale_observation" in r.reasons[0] for r in late[3:])
+
+
+def test_controller_yields_to_operator_and_forwards_in_forward_mode() -> None:
+    ctrl = PolicyController(StepPolicy(), SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]),
+                            takeover="forward")
+    now = time.time()
+    ctrl.on_observation("x", np.zeros(2, np.float32), now)
+    ctrl.set_intervention(True)
+    ctrl.set_operator_action(np.array([0.3, -2.0]), now)
+    r = ctrl.tick(now)
+    assert r.source == "hold" and "out of range" in r.reasons[0]  # operator commands are checked too
+    ctrl.set_operator_action(np.array([0.3, -0.2]), now)
+    r = ctrl.tick(now)
+    assert r.source == "human" and r.action.tolist() == [0.3, -0.2]
+    ctrl_y = PolicyController(StepPolicy(), SafetyConfig(hold_keep_dims=[]), takeover="yield")
+    ctrl_y.set_intervention(True)
+    r = ctrl_y.tick()
+    assert r.action is None and r.source == "human"
+
+
+def test_controller_refuses_rate_mismatch_for_delta_actions() -> None:
+    with pytest.raises(ValueError, match="control_hz 50.0 differs"):
+        PolicyController(StepPolicy(), SafetyConfig(hold_keep_dims=[]), control_hz=50.0)

@@ -1,0 +1,135 @@
+"""Stream alignment (plain Python, no rclpy): steps from the clock stream, nearest/next/latest picks,
+alignment error, bad-input rejection, stale streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros_nodes.alignment import EpisodeAligner, SampleError, StreamConfig
+
+T0 = 1_700_000_000.0
+
+
+def streams(cam_rate: float = 30.0) -> list[StreamConfig]:
+    return [
+        StreamConfig("joint", "/joint_states", "joint_state", rate_hz=500.0),
+        StreamConfig("camera_front", "/camera/front/image_raw", "image", rate_hz=cam_rate, height=4, width=6),
+        StreamConfig("action", "/action", "float_array", mode="next"),
+        StreamConfig("intervention", "/intervention", "bool", mode="latest"),
+    ]
+
+
+def joint(v: float) -> dict[str, np.ndarray]:
+    return {"joint_pos": np.full(7, v, np.float32), "joint_vel": np.zeros(7, np.float32)}
+
+
+def image(v: int) -> dict[str, np.ndarray]:
+    return {"camera_front": np.full((4, 6, 3), v % 256, np.uint8)}
+
+
+def feed_session(al: EpisodeAligner, seconds: float, cam_offset: float = 0.0) -> list:
+    """500 Hz joints, 30 Hz camera, one action 5 ms after each 10 Hz step, in time order."""
+    events = []
+    for i in range(int(seconds * 500)):
+        events.append((T0 + i / 500, "joint", joint(i)))
+    for i in range(int(seconds * 30)):
+        events.append((T0 + cam_offset + i / 30, "camera_front", image(i)))
+    for k in range(int(seconds * 10)):
+        events.append((T0 + k / 10 + 0.005, "action", {"action": np.full(5, k, np.float32)}))
+    events.sort(key=lambda e: e[0])
+    out = []
+    for t, name, values in events:
+        stamp = None if name == "action" else t
+        al.add(name, stamp, values, recv_time=t + 0.001)
+        out += al.pop_ready(now=t + 0.001)
+    return out + al.flush()
+
+
+def test_steps_follow_control_clock_and_pick_nearest() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0)
+    steps = feed_session(al, 2.0)
+    assert len(steps) == 20  # 2 s of a 500 Hz clock decimated to 10 Hz
+    assert al.stats["action"].missing_steps == 0
+    dts = np.diff([s.t for s in steps])
+    assert np.allclose(dts, 0.1, atol=1e-6)
+    for k, s in enumerate(steps):
+        assert s.data["action"][0] == k  # the action sent after observation k
+        assert abs(s.stamps["camera_front"] - s.t) <= 0.5 / 30 + 1e-9
+        assert s.stamps["joint_pos"] == s.t
+        assert not bool(s.data["intervention"])
+    summary = al.summary()
+    assert summary["camera_front"]["align_err_max_ms"] <= 1000 * 0.5 / 30 + 1e-6
+    assert summary["joint"]["align_err_max_ms"] == 0.0
+    assert summary["camera_front"]["dropped"] == 0 and summary["camera_front"]["gaps"] == 0
+
+
+def test_step_without_action_response_is_dropped_and_counted() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0)
+    for k in range(3):
+        al.add("joint", T0 + k / 10, joint(k), T0 + k / 10)
+        al.add("camera_front", T0 + k / 10, image(k), T0 + k / 10)
+        if k != 1:  # the teleop skipped step 1
+            al.add("action", None, {"action": np.full(5, k, np.float32)}, T0 + k / 10 + 0.01)
+    steps = al.flush()
+    assert [s.data["action"][0] for s in steps] == [0, 2]
+    assert al.stats["action"].missing_steps == 1
+
+
+def test_bad_samples_are_rejected_named_and_counted() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0)
+    al.add("joint", T0, joint(0), T0)
+    with pytest.raises(SampleError, match="joint.*out-of-order"):
+        al.add("joint", T0 - 0.01, joint(1), T0)
+    with pytest.raises(SampleError, match="missing or invalid header stamp"):
+        al.add("camera_front", 0.0, image(0), T0)
+    with pytest.raises(SampleError, match="camera_front.*changed shape"):
+        al.add("camera_front", T0, image(0), T0)
+        al.add("camera_front", T0 + 0.03, {"camera_front": np.zeros((5, 6, 3), np.uint8)}, T0)
+    assert al.stats["joint"].rejected == 1
+    assert al.stats["camera_front"].rejected == 2
+    assert "changed shape" in al.summary()["camera_front"]["last_error"]
+
+
+def test_gaps_counted_from_stamps() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0)
+    for i in (0, 1, 2, 6, 7):  # frames 3, 4, 5 never came
+        al.add("camera_front", T0 + i / 30, image(i), T0 + i / 30)
+    assert al.stats["camera_front"].gaps == 3
+
+
+def test_stopped_stream_does_not_block_forever() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0, max_wait_s=0.5)
+    al.add("camera_front", T0, image(0), T0)
+    al.add("joint", T0 + 0.01, joint(0), T0 + 0.01)
+    al.add("action", None, {"action": np.zeros(5, np.float32)}, T0 + 0.02)
+    assert al.pop_ready(now=T0 + 0.1) == []  # camera may still send a closer frame
+    steps = al.pop_ready(now=T0 + 0.6)  # camera silent: resolve with what there is
+    assert len(steps) == 1 and steps[0].stamps["camera_front"] == T0
+
+
+def test_samples_before_start_are_ignored() -> None:
+    al = EpisodeAligner(streams(), clock="joint", control_hz=10.0, start_time=T0 + 1.0)
+    al.add("joint", T0 + 0.5, joint(0), T0 + 0.5)
+    assert al.stats["joint"].received == 0 and not al.pending
+
+
+def test_stream_config_param_round_trip_and_errors() -> None:
+    s = StreamConfig("camera_wrist", "/camera/wrist/image_raw", "image", "nearest", 30.0, True, 480, 640)
+    assert StreamConfig.from_param(s.to_param()) == s
+    assert StreamConfig.from_param("action=/action:float_array:next").mode == "next"
+    with pytest.raises(ValueError, match="unknown type 'imag'"):
+        StreamConfig.from_param("x=/x:imag")
+    with pytest.raises(ValueError, match="bad stream spec"):
+        StreamConfig.from_param("no-equals-sign")
+    with pytest.raises(ValueError, match="clock stream 'nope'"):
+        EpisodeAligner(streams(), clock="nope", control_hz=10.0)
+
+
+def test_clock_at_control_rate_makes_every_message_a_step() -> None:
+    s = streams()
+    s[0] = StreamConfig("joint", "/joint_states", "joint_state", rate_hz=10.0)
+    al = EpisodeAligner(s, clock="joint", control_hz=10.0)
+    for t in (0.0, 0.13, 0.16, 0.3):  # jittery ticks, one only 30 ms after the previous
+        al.add("joint", T0 + t, joint(t), T0 + t)
+    assert len(al.pending) == 4
