@@ -5,7 +5,8 @@ control rate). One stream is the *clock*: its messages, decimated to ``control_h
 steps. Every other stream is sampled at each step time by its header stamp:
 
 - ``nearest``: the sample whose stamp is closest to the step time (sensors). Alignment error is
-  ``|stamp - step time|``; a step waits until a later sample proves nothing closer can come.
+  ``|stamp - step time|``; a step waits until a later sample proves nothing closer can come, and is
+  dropped (counted in ``missing_steps``) if the closest sample is more than half a period away.
 - ``next``: the first sample after the step time, within 1.5 control periods (commands: the action
   sent in response to the observation of this step). Unstamped messages carry their receive time.
 - ``latest``: the newest sample at or before the step time (flags such as ``/intervention``).
@@ -196,6 +197,7 @@ class EpisodeAligner:
         control_hz: float,
         start_time: float = -math.inf,
         max_wait_s: float = 1.0,
+        max_align_err_s: float | None = None,
     ) -> None:
         self.streams = {s.name: s for s in streams}
         if clock not in self.streams:
@@ -208,6 +210,9 @@ class EpisodeAligner:
         self.period = 1.0 / control_hz
         self.start_time = start_time  # samples stamped before this belong to no episode
         self.max_wait_s = max_wait_s  # a stream silent this long after a step no longer holds it up
+        # A step whose nearest sample of some stream is farther than this is dropped, not recorded
+        # with a stale frame (default: half a control period).
+        self.max_align_err_s = 0.5 * self.period if max_align_err_s is None else float(max_align_err_s)
         self.samples: dict[str, deque[tuple[float, dict[str, np.ndarray]]]] = {n: deque() for n in self.streams}
         self.last_stamp: dict[str, float] = {}
         self.stats = {n: StreamStats() for n in self.streams}
@@ -316,7 +321,10 @@ class EpisodeAligner:
                 cands = [s for s in (before, after) if s is not None]
                 if not cands:
                     return self._drop(name)
-                picks[name] = min(cands, key=lambda s: abs(s[0] - t))
+                best = min(cands, key=lambda s: abs(s[0] - t))
+                if abs(best[0] - t) > self.max_align_err_s:
+                    return self._drop(name)
+                picks[name] = best
             elif stream.mode == "next":
                 window = min(t + 1.5 * self.period, t_next)  # a response belongs to one step only
                 hit = next((s for s in buf if t < s[0] <= window), None)

@@ -80,13 +80,13 @@ class CollectConfig:
     log_dir: str = ""
     startup_timeout_s: float = 60.0
 
-    def validate(self) -> None:
-        """Cross-field checks with messages naming the key."""
+    def validate(self, graph: bool = True) -> None:
+        """Cross-field checks with messages naming the key (``graph``: also the robot/teleop pairing)."""
         if self.robot.kind not in ("sim", "external"):
             raise ValueError(f"robot.kind='{self.robot.kind}': choose sim or external")
         if self.teleop.mode not in ("expert", "keyboard"):
             raise ValueError(f"teleop.mode='{self.teleop.mode}': choose expert or keyboard")
-        if self.teleop.mode == "expert" and self.robot.kind != "sim":
+        if graph and self.teleop.mode == "expert" and self.robot.kind != "sim":
             raise ValueError("teleop=expert needs robot=sim (the scripted expert reads the sim's privileged state)")
         if self.episodes < 1:
             raise ValueError(f"episodes={self.episodes}: must be >= 1")
@@ -101,7 +101,7 @@ class CollectConfig:
         return [*self.robot.streams, *self.recorder.streams]
 
 
-def load_config(overrides: list[str]) -> tuple[CollectConfig, Any]:
+def load_config(overrides: list[str], graph: bool = True) -> tuple[CollectConfig, Any]:
     """Compose ``configs/collect.yaml`` with overrides; returns the validated config and the raw one."""
     from robot_learning.config import compose, to_dataclass
 
@@ -111,7 +111,7 @@ def load_config(overrides: list[str]) -> tuple[CollectConfig, Any]:
         rewritten.append(f"{GROUP_ALIASES[key]}={value}" if sep and key in GROUP_ALIASES else ov)
     raw = compose("collect", rewritten)
     cfg = to_dataclass(raw, CollectConfig, where="collect")
-    cfg.validate()
+    cfg.validate(graph)
     return cfg, raw
 
 

@@ -100,11 +100,21 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
 
                 config = load_deploy_config(json.loads(self.declare_parameter("config_json", "{}").value or "{}"))
             self.cfg = config
+            provided = {k: tuple(v) for k, v in config.robot_obs_shapes.items()} or None
+            robot_action_dim = len(config.safety.action_low) or None
             pol = policy
             if pol is None:
                 from robot_learning.deploy.scripted import build_policy
 
-                pol = build_policy(config.policy)
+                pol = build_policy(config.policy, obs_shapes=provided, action_dim=robot_action_dim,
+                                   action_mode=config.safety.action_mode)
+            if provided is not None:  # also for injected and scripted policies
+                from robot_learning.serve.server import spec_mismatches
+
+                problems = spec_mismatches(pol.spec, provided, robot_action_dim or pol.spec.action_dim,
+                                           config.safety.action_mode)
+                if problems:
+                    raise ValueError("policy does not fit the robot (robot_obs_shapes): " + "; ".join(problems))
             self.policy = pol
             spec = pol.spec
             extra = {"ee_pose": (7,), "joint_pos": (9,)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import sys
 import threading
 import time
@@ -234,9 +235,12 @@ class Recorder:
         self.store.close()
 
     def _log_throttled(self, name: str, text: str) -> None:
+        # at most one line per second per stream and kind of error (numbers stripped), so a broken
+        # 500 Hz stream cannot flood the log while every distinct problem still shows up
+        key = f"{name}|{re.sub(r'[0-9.]+', '#', text)}"
         now = time.monotonic()
-        if now - self._last_log.get(name, -1e9) >= 1.0:
-            self._last_log[name] = now
+        if now - self._last_log.get(key, -1e9) >= 1.0:
+            self._last_log[key] = now
             self.log("error", text)
 
 
@@ -271,8 +275,17 @@ def make_node() -> Any:
                 image_codec=self.declare_parameter("image_codec", "jpeg").value,
             )
             logger = self.get_logger()
-            levels = {"info": logger.info, "warn": logger.warning, "error": logger.error}
-            self.rec = Recorder(settings, log=lambda level, text: levels[level](text))
+
+            def log(level: str, text: str) -> None:
+                # one call site per severity: rclpy refuses to change the severity of a call site
+                if level == "error":
+                    logger.error(text)
+                elif level == "warn":
+                    logger.warning(text)
+                else:
+                    logger.info(text)
+
+            self.rec = Recorder(settings, log=log)
             for s in settings.streams:
                 events = SubscriptionEventCallbacks(
                     message_lost=lambda ev, n=s.name: self.rec.on_lost(n, ev.total_count_change),

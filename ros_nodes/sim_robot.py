@@ -171,7 +171,10 @@ def make_node(robot: Any | None = None) -> Any:
 
         def _on_estop(self, msg: Any) -> None:
             self.estopped = bool(msg.data)
-            (self.get_logger().error if self.estopped else self.get_logger().info)(f"estop={self.estopped}")
+            if self.estopped:
+                self.get_logger().error("estop: control loop stopped")
+            else:
+                self.get_logger().info("estop released: control loop running")
 
         def _on_reset(self, _req: Any, resp: Any) -> Any:
             seed = self.loop.reset()

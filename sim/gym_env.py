@@ -10,12 +10,17 @@ from gymnasium import spaces
 
 from sim.robot import SimRobot
 
+# Loose physical bounds (joint limits are within +-4 rad, the workspace within 2 m) so the spaces are finite.
+LOWDIM_BOUNDS = {"joint_pos": (-4.0, 4.0), "joint_vel": (-100.0, 100.0), "ee_pose": (-2.0, 2.0), "gripper": (-0.01, 0.1)}
+
 
 class SimEnv(gym.Env):
     """A task as a gymnasium Env. Reward 1 on success (terminated), 0 otherwise; truncated at ``max_steps``.
 
-    ``info`` carries ``success``, the task's metrics (e.g. ``coverage`` for push_t), the capture
-    ``stamps`` and ``privileged_state`` (for critics and asymmetric actor-critic methods).
+    ``info`` carries ``success``, the task's metrics (e.g. ``coverage`` for push_t) and
+    ``privileged_state`` (for critics and asymmetric actor-critic methods); the wall-clock capture
+    stamps of the latest observation are in ``env.last_stamps`` (kept out of ``info`` so that info is
+    deterministic for a seed).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -34,11 +39,13 @@ class SimEnv(gym.Env):
             if s.kind == "image":
                 obs_spaces[key] = spaces.Box(0, 255, s.shape, dtype=np.uint8)
             else:
-                obs_spaces[key] = spaces.Box(-np.inf, np.inf, s.shape, dtype=np.float32)
+                lo, hi = LOWDIM_BOUNDS.get(key, (-np.inf, np.inf))
+                obs_spaces[key] = spaces.Box(lo, hi, s.shape, dtype=np.float32)
         self.observation_space = spaces.Dict(obs_spaces)
         self.action_space = spaces.Box(-1.0, 1.0, (self.robot.spec.action_dim,), dtype=np.float32)
         self._steps = 0
         self._last: dict[str, np.ndarray] = {}
+        self.last_stamps: dict[str, float] = {}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode; the same ``seed`` gives the same episode."""
@@ -47,23 +54,22 @@ class SimEnv(gym.Env):
             seed = int(self.np_random.integers(0, 2**31 - 1))
         obs = self.robot.reset(seed=seed)
         self._steps = 0
-        self._last = obs.data
-        return obs.data, self._info(obs.stamps)
+        self._last, self.last_stamps = obs.data, obs.stamps
+        return obs.data, self._info()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Apply one action for one control period."""
         self.robot.act(action)
         self._steps += 1
         obs = self.robot.observe()
-        self._last = obs.data
+        self._last, self.last_stamps = obs.data, obs.stamps
         success = self.robot.success()
         truncated = self._steps >= self.max_steps and not success
-        return obs.data, float(success), success, truncated, self._info(obs.stamps, success)
+        return obs.data, float(success), success, truncated, self._info(success)
 
-    def _info(self, stamps: dict[str, float], success: bool | None = None) -> dict[str, Any]:
+    def _info(self, success: bool | None = None) -> dict[str, Any]:
         return {
             "success": self.robot.success() if success is None else success,
-            "stamps": stamps,
             "privileged_state": self.robot.privileged_state(),
             **self.robot.metrics(),
         }
@@ -80,3 +86,19 @@ class SimEnv(gym.Env):
     def close(self) -> None:
         """Release the physics client."""
         self.robot.close()
+
+
+def register_envs() -> list[str]:
+    """Register ``RLStack/<Task>-v0`` ids with gymnasium (idempotent); returns the ids."""
+    from sim.tasks import TASKS
+
+    ids = []
+    for name in TASKS:
+        env_id = "RLStack/" + "".join(part.capitalize() for part in name.split("_")) + "-v0"
+        if env_id not in gym.registry:
+            gym.register(env_id, entry_point="sim.gym_env:SimEnv", kwargs={"task": name})
+        ids.append(env_id)
+    return ids
+
+
+register_envs()

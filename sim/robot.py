@@ -8,6 +8,7 @@ address the workspace box. The gripper entry is always an absolute opening (-1 c
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +40,7 @@ WORKSPACE_HIGH = np.array([0.75, 0.30, 0.40])
 YAW_LIMIT = math.pi / 2
 MAX_SPEED = 0.25  # m/s at action 1.0 in ee_delta mode
 MAX_YAW_RATE = 1.0  # rad/s at action 1.0
-IK_EVERY = 4  # physics substeps between IK updates inside one control period
+IK_EVERY = 8  # physics substeps between IK updates inside one control period
 ACTION_NAMES = ("x", "y", "z", "yaw", "gripper")
 CAMERAS = ("front", "wrist")
 TEXTURES = 3
@@ -140,7 +141,7 @@ class SimRobot:
                 if i % 2:
                     check = ((np.indices((64, 64)).sum(0) // 8) % 2)[..., None]
                     img = np.clip(img * (0.75 + 0.25 * check), 0, 255)
-                tmp = path.with_suffix(f".{id(self)}.png")
+                tmp = path.with_suffix(f".{os.getpid()}.{id(self)}.png")
                 cv2.imwrite(str(tmp), img.astype(np.uint8))
                 tmp.replace(path)
             out.append(p.loadTexture(str(path), physicsClientId=self.client))
@@ -162,7 +163,7 @@ class SimRobot:
         """Damped-least-squares IK (never IK_SDLS, which segfaults) clipped to joint limits."""
         q = p.calculateInverseKinematics(
             self.panda, EE_LINK, pos.tolist(), orn, lowerLimits=LOWER, upperLimits=UPPER, jointRanges=RANGES,
-            restPoses=REST, maxNumIterations=20, residualThreshold=1e-4, physicsClientId=self.client,
+            restPoses=REST, maxNumIterations=10, residualThreshold=1e-4, physicsClientId=self.client,
         )
         return np.clip(np.array(q[:7]), LOWER[:7], UPPER[:7])
 
@@ -187,8 +188,11 @@ class SimRobot:
     # ---------------------------------------------------------------- episode
     def reset(self, seed: int | None = None) -> Observation:
         """Restore the home pose, draw randomization and object placement from ``seed``, observe."""
+        self._check_open()
         if seed is None:
             seed = int(self._seed_rng.integers(0, 2**31 - 1))
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"reset(seed={seed!r}): the seed must be a non-negative integer")
         self.episode_seed = int(seed)
         rng = np.random.default_rng(self.episode_seed)
         c = self.client
@@ -247,6 +251,7 @@ class SimRobot:
     # ---------------------------------------------------------------- acting
     def act(self, action: np.ndarray) -> None:
         """Validate and clip one action, then advance physics by one control period."""
+        self._check_open()
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (5,):
             raise ValueError(f"action: expected shape (5,) [{', '.join(ACTION_NAMES)}], got {a.shape}")
@@ -327,8 +332,8 @@ class SimRobot:
     def _camera_view(self, cam: str) -> list[float]:
         shift = self.dr.camera_shift[cam]
         if cam == "front":
-            eye = np.array([0.95, 0.0, 0.42]) + shift[:3]
-            target = np.array([0.52, 0.0, 0.0]) + shift[3:]
+            eye = np.array([0.86, 0.0, 0.36]) + shift[:3]
+            target = np.array([0.50, 0.0, 0.0]) + shift[3:]
             up = [0, 0, 1]
         else:  # wrist: on the hand, looking along the approach axis past the fingers
             ls = p.getLinkState(self.panda, HAND_LINK, computeForwardKinematics=1, physicsClientId=self.client)
@@ -366,6 +371,7 @@ class SimRobot:
 
     def observe(self) -> Observation:
         """Proprioception and every camera, each stamped with its capture time from ``clock``."""
+        self._check_open()
         data: dict[str, np.ndarray] = {}
         stamps: dict[str, float] = {}
         proprio = self._proprio()
@@ -402,6 +408,10 @@ class SimRobot:
     def privileged_state(self) -> np.ndarray:
         """``privileged()`` flattened in a fixed key order (float32)."""
         return np.concatenate([np.ravel(v) for v in self.privileged().values()]).astype(np.float32)
+
+    def _check_open(self) -> None:
+        if self.client < 0:
+            raise RuntimeError(f"SimRobot({self.task.name}) is closed")
 
     def close(self) -> None:
         """Disconnect the physics client (idempotent)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -75,6 +76,7 @@ class WindowDataset(torch.utils.data.Dataset):
             store = EpisodeStore.open(store, mode="r", storage_options=storage_options)
         self._uri, self._storage_options = store.uri, storage_options
         self._store: EpisodeStore | None = store
+        self._pid = os.getpid()  # forked DataLoader workers must not share the parent's connections
         if not 1 <= n_obs_steps <= horizon or not 1 <= n_action_steps <= horizon:
             raise ValueError(f"need 1 <= n_obs_steps, n_action_steps <= horizon; got {n_obs_steps=}, "
                              f"{n_action_steps=}, {horizon=}")
@@ -135,8 +137,9 @@ class WindowDataset(torch.utils.data.Dataset):
         data = self._ram.get(key)
         if data is not None:
             return data[rows]
-        if self._store is None:
+        if self._store is None or self._pid != os.getpid():
             self._store = EpisodeStore.open(self._uri, mode="r", storage_options=self._storage_options)
+            self._pid = os.getpid()
         lo, hi = int(rows[0]), int(rows[-1])  # clipped rows are sorted and contiguous
         block = self._store.read_rows(key, lo + shift, hi + shift + 1)
         return block[rows - lo]

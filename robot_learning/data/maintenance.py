@@ -74,6 +74,7 @@ def _present_chunks(store: EpisodeStore, name: str) -> set[int]:
 def validate(store: EpisodeStore, deep: bool = False) -> ValidationReport:
     """Check the index against the arrays; ``deep`` also decodes every committed episode."""
     report = ValidationReport()
+    store._arrays.clear()  # current shapes, not cached ones
     version = store.config.get("schema_version")
     if version != SCHEMA_VERSION:
         report.errors.append(f"schema_version {version} (this code reads {SCHEMA_VERSION})")

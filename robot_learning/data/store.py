@@ -24,8 +24,10 @@ the step stamp unless a stamp was given for them in the first step.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import json
 import math
 import os
 import time
@@ -37,8 +39,11 @@ from typing import Any
 
 import numpy as np
 import zarr
+import zarr.api.asynchronous
 import zarr.storage
 from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from robot_learning.data.codecs import JpegCodec
 
@@ -130,8 +135,7 @@ class EpisodeStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._writer: EpisodeWriter | None = None
         self._lock_file: Any = None
-        root = zarr.open_group(zstore, mode="r")
-        attrs = root.attrs.asdict()
+        attrs = _read_attrs(zstore, "")
         self.config: dict[str, Any] = dict(attrs["robot_learning_store"])  # type: ignore[arg-type]
         self._schema: dict[str, Any] = dict(attrs.get("schema") or {})  # type: ignore[arg-type]
         self.refresh()
@@ -177,17 +181,20 @@ class EpisodeStore:
 
     # ---------------------------------------------------------------- index
     def refresh(self) -> None:
-        """Re-read the episode table (and array shapes): see episodes committed since open."""
-        group = zarr.open_group(self._zstore, path="meta", mode="r")
-        self._index = dict(group.attrs.asdict().get("index") or _empty_index())  # type: ignore[arg-type]
-        root = zarr.open_group(self._zstore, mode="r")
-        self._schema = dict(root.attrs.asdict().get("schema") or {})  # type: ignore[arg-type]
-        self._arrays.clear()
+        """Re-read the episode table: see episodes committed since open.
+
+        Opened arrays are kept (reads past a cached shape reopen the array), so a refresh costs two
+        small reads, which matters on S3."""
+        self._index = dict(_read_attrs(self._zstore, "meta").get("index") or _empty_index())
+        schema = dict(_read_attrs(self._zstore, "").get("schema") or {})
+        if schema != self._schema:
+            self._arrays.clear()
+        self._schema = schema
 
     def _write_index(self, index: dict[str, Any]) -> None:
         """The commit point: one atomic write of meta/zarr.json, then the episode_ends mirror."""
         index = dict(index, generation=int(self._index.get("generation", 0)) + 1)
-        zarr.open_group(self._zstore, path="meta", mode="r+").attrs.put({"index": index})
+        zarr.open_group(self._zstore, path="meta", mode="r+", zarr_format=3).attrs.put({"index": index})
         self._index = index
         ends = np.asarray([e["end"] for e in index["episodes"]], dtype=np.int64)
         mirror = self.array("meta/episode_ends")
@@ -253,46 +260,73 @@ class EpisodeStore:
 
     # ---------------------------------------------------------------- reading
     def array(self, name: str) -> zarr.Array:
-        """The zarr array at ``name`` (e.g. "data/joint_pos"), opened once per refresh."""
+        """The zarr array at ``name`` (e.g. "data/joint_pos"), opened once and cached."""
         arr = self._arrays.get(name)
         if arr is None:
-            try:
-                arr = zarr.open_array(self._zstore, path=name, mode="r" if self.read_only else "r+")
-            except FileNotFoundError as exc:
-                raise StoreError(f"{self.uri}: array {name} is missing") from exc
-            if not self.read_only:
-                # store every chunk, even all-zero ones, so validate can tell a lost chunk from zeros
-                arr = arr.with_config({"write_empty_chunks": True})
-            self._arrays[name] = arr
+            arr = self.open_arrays([name])[name]
         return arr
+
+    def open_arrays(self, names: Sequence[str], min_rows: Mapping[str, int] | None = None) -> dict[str, zarr.Array]:
+        """Cached arrays for ``names``; those missing, or shorter than ``min_rows`` (a writer appended
+        since), are (re)opened concurrently -- one round trip instead of one per array on S3."""
+        min_rows = min_rows or {}
+        stale = [n for n in dict.fromkeys(names)
+                 if n not in self._arrays or self._arrays[n].shape[0] < min_rows.get(n, 0)]
+        if stale:
+            mode = "r" if self.read_only else "r+"
+
+            async def open_all() -> list[Any]:
+                return await asyncio.gather(*[
+                    zarr.api.asynchronous.open_array(store=self._zstore, path=n, mode=mode, zarr_format=3)
+                    for n in stale], return_exceptions=True)
+
+            for name, opened in zip(stale, sync(open_all()), strict=True):
+                if isinstance(opened, BaseException):
+                    if isinstance(opened, FileNotFoundError):
+                        raise StoreError(f"{self.uri}: array {name} is missing") from opened
+                    raise opened
+                arr = zarr.Array(opened)
+                if not self.read_only:
+                    # store every chunk, even all-zero ones, so validate can tell a lost chunk from zeros
+                    arr = arr.with_config({"write_empty_chunks": True})
+                self._arrays[name] = arr
+        return {n: self._arrays[n] for n in names}
+
+    def read_many(self, requests: Sequence[tuple[str, int, int]]) -> list[np.ndarray]:
+        """Rows [start, end) of several arrays (by zarr path), fetched concurrently."""
+        ends: dict[str, int] = {}
+        for name, _a, b in requests:
+            ends[name] = max(ends.get(name, 0), b)
+        arrays = self.open_arrays(list(ends), min_rows=ends)
+
+        async def read_all() -> list[Any]:
+            return await asyncio.gather(*[arrays[n].async_array.getitem(slice(a, b)) for n, a, b in requests])
+
+        return [np.asarray(x) for x in sync(read_all())]
 
     def read_rows(self, key: str, start: int, end: int) -> np.ndarray:
         """Rows [start, end) of data/<key> (or of stamps/<k> for key "stamp/<k>")."""
-        name = f"stamps/{key[len(STAMP_PREFIX):]}" if key.startswith(STAMP_PREFIX) else f"data/{key}"
-        arr = self.array(name)
-        if arr.shape[0] < end:  # the array grew since it was opened (a writer is appending)
-            self._arrays.pop(name)
-            arr = self.array(name)
-        return arr[start:end]
+        return self.read_many([(_array_path(key), start, end)])[0]
 
     def read_episode(self, i: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of episode ``i`` plus "stamp/step" and "stamp/<key>" for each stamped key read."""
         info = self.episode(i)
         known = self.keys
         wanted = list(known) if keys is None else list(keys)
-        out: dict[str, np.ndarray] = {}
         stamps = set(self.stamp_keys)
+        out_keys: list[str] = []
         for key in wanted:
             if key.startswith(STAMP_PREFIX):
                 if key[len(STAMP_PREFIX):] not in stamps:
                     raise StoreError(f"episode {info.index}: no stamp stream {key!r} (have {sorted(stamps)})")
             elif key not in known:
                 raise StoreError(f"episode {info.index}: no key {key!r} in store {self.uri} (keys: {sorted(known)})")
-            out[key] = self.read_rows(key, info.start, info.end)
+            out_keys.append(key)
             if key in stamps:
-                out[STAMP_PREFIX + key] = self.read_rows(STAMP_PREFIX + key, info.start, info.end)
-        out[STAMP_PREFIX + "step"] = self.read_rows(STAMP_PREFIX + "step", info.start, info.end)
-        return out
+                out_keys.append(STAMP_PREFIX + key)
+        out_keys = list(dict.fromkeys([*out_keys, STAMP_PREFIX + "step"]))
+        arrays = self.read_many([(_array_path(k), info.start, info.end) for k in out_keys])
+        return dict(zip(out_keys, arrays, strict=True))
 
     def read_stream(self, i: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         """High-rate stream ``name`` of episode ``i``: (values (n, *shape), capture stamps (n,))."""
@@ -300,13 +334,8 @@ class EpisodeStore:
         if name not in self.streams:
             raise StoreError(f"episode {info.index}: no stream {name!r} (streams: {sorted(self.streams)})")
         a, b = info.streams.get(name, (0, 0))
-        values = self.array(f"streams/{name}/values")
-        stamps = self.array(f"streams/{name}/stamps")
-        if values.shape[0] < b or stamps.shape[0] < b:
-            self._arrays.pop(f"streams/{name}/values")
-            self._arrays.pop(f"streams/{name}/stamps")
-            values, stamps = self.array(f"streams/{name}/values"), self.array(f"streams/{name}/stamps")
-        return values[a:b], stamps[a:b]
+        values, stamps = self.read_many([(f"streams/{name}/values", a, b), (f"streams/{name}/stamps", a, b)])
+        return values, stamps
 
     # ---------------------------------------------------------------- writing
     def begin_episode(self, meta: EpisodeMeta) -> EpisodeWriter:
@@ -321,6 +350,7 @@ class EpisodeStore:
         self._acquire_lock()
         try:
             self.refresh()
+            self._arrays.clear()  # the writer needs the current shapes, not cached ones
             self._trim_to(self.data_end)  # drop tails left by a crashed writer before appending
         except BaseException:
             self._release_lock()
@@ -394,14 +424,12 @@ class EpisodeStore:
             ends[f"streams/{s}/stamps"] = n
         for name, n in ends.items():
             try:
-                arr = zarr.open_array(self._zstore, path=name, mode="r+")
-            except FileNotFoundError:
+                arr = self.array(name)
+            except StoreError:
                 continue
-            if arr.shape[0] != n:
-                if arr.shape[0] > n:
-                    trimmed.append(f"{name}: {arr.shape[0] - n} uncommitted rows")
+            if arr.shape[0] > n:  # never grows: a too-short array is damage that validate reports
+                trimmed.append(f"{name}: {arr.shape[0] - n} uncommitted rows")
                 arr.resize((n, *arr.shape[1:]))
-        self._arrays.clear()
         return trimmed
 
     # ---------------------------------------------------------------- writer lock
@@ -430,6 +458,7 @@ class EpisodeStore:
         if self._writer is not None:
             raise StoreError(f"{self.uri}: an episode is being written; commit or discard it first")
         self._acquire_lock()
+        self._arrays.clear()
         try:
             yield
         finally:
@@ -466,7 +495,7 @@ class EpisodeStore:
         self._set_schema(dict(self._schema, streams=streams))
 
     def _set_schema(self, schema: dict[str, Any]) -> None:
-        root = zarr.open_group(self._zstore, mode="r+")
+        root = zarr.open_group(self._zstore, mode="r+", zarr_format=3)
         root.attrs.update({"schema": schema})
         self._schema = schema
         self._arrays.clear()
@@ -496,6 +525,20 @@ def _info(i: int, e: Mapping[str, Any]) -> EpisodeInfo:
     )
 
 
+def _array_path(key: str) -> str:
+    """Zarr path of a per-step key ("joint_pos") or of its stamps ("stamp/joint_pos")."""
+    return f"stamps/{key[len(STAMP_PREFIX):]}" if key.startswith(STAMP_PREFIX) else f"data/{key}"
+
+
+def _read_attrs(zstore: zarr.abc.store.Store, path: str) -> dict[str, Any]:
+    """Attributes of the group at ``path``, read straight from its zarr.json: one GET on S3."""
+    key = f"{path}/zarr.json" if path else "zarr.json"
+    buf = sync(zstore.get(key, default_buffer_prototype()))
+    if buf is None:
+        raise StoreError(f"{key} is missing: not an episode store, or a damaged one")
+    return dict(json.loads(buf.to_bytes()).get("attributes") or {})
+
+
 def _image_codec_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     if config["image_codec"] == "jpeg":
         return {"serializer": JpegCodec(quality=int(config.get("jpeg_quality", 90))), "compressors": None}
@@ -506,10 +549,8 @@ def _image_codec_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
 def _probe(zstore: zarr.abc.store.Store) -> str:
     """'store', 'empty' (nothing there), 'foreign-empty' (an empty zarr group) or 'foreign'."""
     try:
-        root = zarr.open_group(zstore, mode="r")
+        root = zarr.open_group(zstore, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        from zarr.core.sync import sync
-
         async def _any_key() -> bool:
             async for _ in zstore.list():
                 return True

@@ -3,6 +3,7 @@ and commits by writing the episode index once (see ``store.py`` for the crash-sa
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import math
@@ -12,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from zarr.core.sync import sync
 
 from robot_learning.data.store import (
     FLUSH_BYTES,
@@ -231,32 +233,39 @@ class EpisodeWriter:
         return out
 
     def _flush(self) -> None:
-        """Write buffered rows past the committed end (invisible until commit)."""
+        """Write buffered rows past the committed end (invisible until commit), all arrays concurrently."""
         store = self._store
-        n = self._n - self._flushed
         a, b = self._start_row + self._flushed, self._start_row + self._n
-        if n:
-            for key, rows in self._bufs.items():
-                _write_rows(store.array(f"data/{key}"), a, b, np.stack(rows))
-            for key, ts in self._stamp_bufs.items():
-                _write_rows(store.array(f"stamps/{key}"), a, b, np.asarray(ts, dtype=np.float64))
+        jobs: list[tuple[str, int, np.ndarray]] = []
+        if b > a:
+            jobs += [(f"data/{key}", a, np.stack(rows)) for key, rows in self._bufs.items()]
+            jobs += [(f"stamps/{key}", a, np.asarray(ts, dtype=np.float64)) for key, ts in self._stamp_bufs.items()]
+        written = {}
+        for name, (vals, sts) in self._stream_bufs.items():
+            if vals:
+                start = int(store._index["stream_ends"].get(name, 0)) + self._stream_written.get(name, 0)
+                block, ts = np.concatenate(vals), np.concatenate(sts)
+                jobs += [(f"streams/{name}/values", start, block), (f"streams/{name}/stamps", start, ts)]
+                written[name] = len(block)
+        if jobs:
+            arrays = store.open_arrays([name for name, _, _ in jobs])
+            sync(_gather([_write_rows(arrays[name].async_array, first, block) for name, first, block in jobs]))
         self._bufs = {k: [] for k in self._bufs}
         self._stamp_bufs = {k: [] for k in self._stamp_bufs}
-        for name, (vals, sts) in self._stream_bufs.items():
-            if not vals:
-                continue
-            block, ts = np.concatenate(vals), np.concatenate(sts)
-            start = int(store._index["stream_ends"].get(name, 0)) + self._stream_written.get(name, 0)
-            _write_rows(store.array(f"streams/{name}/values"), start, start + len(block), block)
-            _write_rows(store.array(f"streams/{name}/stamps"), start, start + len(block), ts)
-            self._stream_written[name] = self._stream_written.get(name, 0) + len(block)
-            vals.clear()
-            sts.clear()
+        for name, n in written.items():
+            self._stream_written[name] = self._stream_written.get(name, 0) + n
+            self._stream_bufs[name][0].clear()
+            self._stream_bufs[name][1].clear()
         self._flushed = self._n
         self._buffered_bytes = 0
 
 
-def _write_rows(arr: Any, a: int, b: int, block: np.ndarray) -> None:
-    if arr.shape[0] < b:
-        arr.resize((b, *arr.shape[1:]))
-    arr[a:b] = block
+async def _gather(coros: list[Any]) -> list[Any]:
+    return await asyncio.gather(*coros)
+
+
+async def _write_rows(arr: Any, first: int, block: np.ndarray) -> None:
+    end = first + len(block)
+    if arr.shape[0] < end:
+        await arr.resize((end, *arr.shape[1:]))
+    await arr.setitem(slice(first, end), block)

@@ -29,6 +29,7 @@ class PolicySourceConfig:
     scripted: str = ""  # built-in scripted policy for sim, e.g. "expert:lift" (see deploy/scripted.py)
     device: str = "cpu"
     timeout_s: float = 2.0  # remote: per-request timeout
+    connect_wait_s: float = 30.0  # remote: keep retrying this long at start-up if the server is not up yet
     control_hz: float = 10.0  # scripted policies: their rate
 
     def kind(self) -> str:
@@ -79,6 +80,9 @@ class DeployConfig:
     topics: NodeTopics = field(default_factory=NodeTopics)
     streams: list[StreamConfig] = field(default_factory=list)  # overrides of DEFAULT_STREAMS
     safety_streams: list[str] = field(default_factory=lambda: ["ee_pose", "joint_pos"])
+    # What the robot provides (key -> per-step shape). When set, a policy (local, or remote at the
+    # handshake) that needs anything else is refused at start-up with every difference named.
+    robot_obs_shapes: dict[str, list[int]] = field(default_factory=dict)
     diagnostics_hz: float = 2.0
     inference_backoff_s: float = 0.2
 

@@ -96,10 +96,28 @@ def build_policy(source: Any, obs_shapes: dict[str, tuple[int, ...]] | None = No
     if kind == "scripted":
         return make_scripted(source.scripted, source.control_hz)
     if kind == "server":
-        from robot_learning.serve.client import RemotePolicy
+        import logging
+        import time
 
-        return RemotePolicy(source.server, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=action_mode,
-                            timeout_s=source.timeout_s)
+        from robot_learning.serve.client import PolicyServerError, RemotePolicy
+
+        give_up = time.monotonic() + source.connect_wait_s
+        while True:
+            try:
+                return RemotePolicy(source.server, obs_shapes=obs_shapes, action_dim=action_dim,
+                                    action_mode=action_mode, timeout_s=source.timeout_s)
+            except PolicyServerError as exc:  # not up yet: wait for it (a spec mismatch is not retried)
+                if time.monotonic() > give_up:
+                    raise
+                logging.getLogger(__name__).warning("%s; retrying for %.0f s", exc, give_up - time.monotonic())
+                time.sleep(1.0)
     from robot_learning.policies.checkpoint import load_policy
 
-    return load_policy(source.checkpoint, device=source.device)
+    policy = load_policy(source.checkpoint, device=source.device)
+    if obs_shapes is not None:
+        from robot_learning.serve.server import spec_mismatches
+
+        problems = spec_mismatches(policy.spec, obs_shapes, action_dim or policy.spec.action_dim, action_mode)
+        if problems:
+            raise ValueError(f"checkpoint {source.checkpoint} does not fit the robot: " + "; ".join(problems))
+    return policy

@@ -23,7 +23,7 @@ from robot_learning.policies.normalizer import Normalizer
 class EncoderConfig:
     """Image encoder hyper-parameters (CPU-friendly defaults; see benchmarks/bench_policy.py)."""
 
-    width: int = 32  # channels of the first stage; stages use width * (1, 2, 4, 8)
+    width: int = 16  # channels of the first stage; stages use width * (1, 2, 4, 8)
     blocks_per_stage: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # ResNet-18: [2, 2, 2, 2]
     keypoints: int = 32  # spatial-softmax keypoints per camera
     feature_dim: int = 64  # output features per camera

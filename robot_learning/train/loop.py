@@ -173,6 +173,17 @@ def check_spec_matches(saved: PolicySpec, current: PolicySpec, where: str) -> No
         raise ValueError(f"checkpoint does not match the {where}: " + "; ".join(problems))
 
 
+def check_finite(store: Any, keys: list[str], episodes: list[int]) -> None:
+    """Raise ValueError naming the key, episode and step of the first NaN/inf in low-dim data."""
+    for ep in episodes:
+        data = store.read_episode(ep, keys=keys)
+        for key in keys:
+            bad = ~np.isfinite(np.asarray(data[key], dtype=np.float64))
+            if bad.any():
+                step = int(np.argwhere(bad)[0][0])
+                raise ValueError(f"store {store.uri}: key '{key}' has NaN/inf in episode {ep} at step {step}")
+
+
 class CsvLog:
     """Append-only metrics CSV; on resume, rows after the resumed step are dropped."""
 
@@ -227,6 +238,7 @@ def train(cfg: DictConfig) -> Path:
                 )
             stats = resume_ckpt["normalizer"]
         else:
+            check_finite(store, [*spec.lowdim_keys, run.data.action_key], train_ids)
             computed = compute_stats(store, [*spec.lowdim_keys, run.data.action_key], train_ids)
             stats = {k: v.to_dict() for k, v in computed.items() if k != run.data.action_key}
             stats[ACTION_STATS_KEY] = computed[run.data.action_key].to_dict()  # the model's name for the action

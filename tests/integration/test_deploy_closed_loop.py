@@ -21,9 +21,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 CONTROL_HZ = 10.0
-# The policy node's e-stop input. Not /estop here: sim_robot reacts to /estop itself (it stops
-# publishing), and this test checks the policy node's own latch, not the sim's.
-ESTOP_TOPIC = "/deploy_test/estop"
+# The e-stop topic of the contract: sim_robot stops too while it reads true, the policy node latches
+# a hold until its reset service is called.
+ESTOP_TOPIC = "/estop"
 
 
 def sim_params(seed: int = 0) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def test_policy_node_closes_the_loop_and_solves_lift(graph: Any) -> None:
 
 def test_watchdog_holds_within_one_period_and_estop_latches_until_reset(graph: Any) -> None:
     probe, start_policy, sim = graph
-    start_policy(policy_params(topics={"estop": ESTOP_TOPIC}))
+    start_policy(policy_params())
     probe.wait_for(lambda: "policy" in probe.sources_since(time.time() - 0.5), timeout=40, what="policy control")
     # -- watchdog: freeze the robot process, so no observation arrives any more
     os.kill(sim.pid, signal.SIGSTOP)
@@ -203,3 +203,18 @@ def test_watchdog_holds_within_one_period_and_estop_latches_until_reset(graph: A
     assert probe.actions_since(t) == [], "the node must not publish /action while the operator drives"
     probe.pub_intervention.publish(Bool(data=False))
     probe.wait_for(lambda: "policy" in probe.sources_since(time.time() - 0.3), timeout=10, what="hand-back")
+
+
+def test_rlstack_deploy_runs_sim_episodes_and_reports_a_rate(ros_env: Any, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "robot_learning.cli", "deploy", "deploy.policy.scripted=expert:lift",
+           "robot.cameras=[front]", "robot.image_size=32", "episodes=2", "max_steps=100",
+           f"domain_id={ros_env.domain_id}", f"log_dir={tmp_path}"]
+    out = subprocess.run(cmd, env=ros_env.env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "deploy lift: success " in out.stdout and "Wilson 95% CI" in out.stdout and "seeds 1001-1002" in out.stdout
+    report = json.loads((tmp_path / "deploy_report.json").read_text())
+    assert report["episodes"] == 2 and report["successes"] >= 1  # the clean expert solves lift
+    assert report["diagnostics"]["inference_errors"] == 0

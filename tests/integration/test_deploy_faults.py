@@ -126,10 +126,41 @@ def test_nan_actions_are_rejected_never_published(rclpy_context: Any, tmp_path: 
         actions = probe.actions_since(0)
         assert all(np.all(np.isfinite(a)) for a in actions), "a NaN reached /action"
         assert "policy" in probe.sources_since(0) and "hold" in probe.sources_since(0)
-        assert "NaN" in node.ctrl.last_problem or node.ctrl.safety.counts["bad_action"] >= 3
+        assert node.ctrl.safety.counts["bad_action"] >= 3
+        # malformed and out-of-order observations: rejected with topic and reason, the node keeps going
+        from geometry_msgs.msg import PoseStamped
+        from std_msgs.msg import Float64MultiArray
+
+        from ros_nodes.common import numpy_to_float_array, numpy_to_pose, sensor_pub_qos
+
+        pose_pub = probe.node.create_publisher(PoseStamped, "/ee_pose", sensor_pub_qos(10))
+        priv_pub = probe.node.create_publisher(Float64MultiArray, "/sim/privileged_state", sensor_pub_qos(10))
+        time.sleep(1.0)  # discovery
+        pose_pub.publish(numpy_to_pose(np.array([0.5, 0, 0.2, 0, 0, 0, 1.0]), time.time() - 5.0))  # 5 s old
+        nan_pose = numpy_to_pose(np.zeros(7), time.time() + 0.001)
+        nan_pose.pose.position.x = float("nan")
+        pose_pub.publish(nan_pose)
+        priv_pub.publish(numpy_to_float_array(np.zeros(3)))  # wrong length
+        probe.wait_for(lambda: len(node.ctrl.history.stats.rejected) >= 1 and node.rejections >= 3, timeout=10,
+                       what="rejections of the bad observations")
+        assert node.ctrl.history.stats.rejected.get("out_of_order", 0) >= 1
+        n_before = len(probe.actions_since(0))
+        time.sleep(0.5)
+        assert len(probe.actions_since(0)) > n_before, "the node must keep ticking after bad input"
     finally:
         node.close()
         executor.shutdown()
         node.destroy_node()
         sim.stop()
         probe.close()
+
+
+def test_node_refuses_a_policy_that_does_not_fit_the_robot(rclpy_context: Any) -> None:
+    from robot_learning.deploy.config import load_deploy_config
+    from robot_learning.deploy.scripted import ExpertPolicy
+    from ros_nodes.policy_node import make_node
+
+    cfg = load_deploy_config({"policy": {"scripted": "expert:lift"},
+                              "robot_obs_shapes": {"joint_pos": [9], "camera_front": [96, 96, 3]}})
+    with pytest.raises(ValueError, match="policy needs observation 'privileged_state'"):
+        make_node(cfg, policy=ExpertPolicy("lift", control_hz=CONTROL_HZ))

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 STREAMS = [
     StreamConfig("joint", "/joint_states", "joint_state", rate_hz=20.0),
-    StreamConfig("camera_front", "/camera/front/image_raw", "image", rate_hz=10.0, height=24, width=32),
+    StreamConfig("camera_front", "/camera/front/image_raw", "image", rate_hz=20.0, height=24, width=32),
     StreamConfig("action", "/action", "float_array", mode="next"),
 ]
 
@@ -40,6 +40,17 @@ class Driver:
         self.cam = self.node.create_publisher(Image, "/camera/front/image_raw", sensor_pub_qos())
         self.action = self.node.create_publisher(Float64MultiArray, "/action", control_qos())
         self.k = 0
+        self.status_times: list[float] = []
+        from std_msgs.msg import String
+
+        self.node.create_subscription(String, "/recorder/status", lambda _m: self.status_times.append(time.time()), 10)
+
+    def wait_for_recorder(self, since: float, timeout: float = 30.0) -> None:
+        """Wait for a status message from a recorder started at ``since`` (a killed one lingers in the graph)."""
+        end = time.time() + timeout
+        while time.time() < end and not any(t > since for t in self.status_times):
+            self.rclpy.spin_once(self.node, timeout_sec=0.1)
+        assert any(t > since for t in self.status_times), "recorder never published its status"
 
     def call(self, name: str, data: bool | None = None, timeout: float = 30.0) -> object:
         from std_srvs.srv import SetBool, Trigger
@@ -53,7 +64,7 @@ class Driver:
         return future.result()
 
     def run(self, seconds: float, camera: bool = True, bad: dict | None = None) -> None:
-        """Publish joints at 20 Hz, camera at 10 Hz, an action after each 10 Hz step; inject ``bad`` once."""
+        """Publish joints and camera at 20 Hz, an action every 100 ms; inject ``bad`` once."""
         end = time.time() + seconds
         bad = dict(bad or {})
         while time.time() < end:
@@ -66,7 +77,7 @@ class Driver:
             if bad.pop("unstamped_joint", False):
                 self.joint.publish(numpy_to_joint_state(q, 0.0))
             self.joint.publish(numpy_to_joint_state(q, t))
-            if camera and self.k % 2 == 0:
+            if camera:
                 if bad.pop("big_image", False):
                     self.cam.publish(numpy_to_image(np.zeros((48, 64, 3), np.uint8), t - 0.001))
                 if bad.pop("bad_encoding", False):
@@ -120,7 +131,7 @@ def test_recorder_survives_bad_input_and_a_kill(rclpy_context, tmp_path) -> None
         assert len(store) == 1 and store.episode(0).success
         ep = store.read_episode(0)
         assert ep["camera_front"].shape[1:] == (24, 32, 3) and np.isfinite(ep["joint_pos"]).all()
-        assert summary["steps"] == store.episode(0).length > 20
+        assert summary["steps"] == store.episode(0).length > 20, summary
 
         # killed mid-episode: the committed episode survives, the next recorder appends after it
         assert drv.call("/recorder/start").success
@@ -130,7 +141,9 @@ def test_recorder_survives_bad_input_and_a_kill(rclpy_context, tmp_path) -> None
         store = EpisodeStore.open(store_path, mode="r")
         assert len(store) == 1 and store.read_episode(0)["joint_pos"].shape == ep["joint_pos"].shape
         rec.stop()
+        since = time.time()
         rec = start_recorder(rclpy_context, store_path, tmp_path / "recorder2.log")
+        drv.wait_for_recorder(since)
         assert drv.call("/recorder/start").success
         time.sleep(0.5)
         drv.run(1.0)

@@ -32,7 +32,7 @@ def test_expert_solves_task_through_robot_interface(task) -> None:
         results = [_rollout(robot, expert, seed, robot.task.max_steps)[1] for seed in (11, 12)]
     finally:
         robot.close()
-    assert all(results), f"{task}: expert failed on seeds {[s for s, ok in zip((11, 12), results) if not ok]}"
+    assert all(results), f"{task}: expert failed on seeds {[s for s, ok in zip((11, 12), results, strict=True) if not ok]}"
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -184,3 +184,19 @@ def test_lower_quality_is_noisier_and_slower() -> None:
     finally:
         robot.close()
     assert np.mean(lengths[0.3]) > np.mean(lengths[1.0])
+
+
+@pytest.mark.parametrize("dr", ["none", "heavy"])
+def test_registered_env_passes_gymnasium_checker(dr) -> None:
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    from sim.gym_env import register_envs
+
+    assert "RLStack/PushT-v0" in register_envs()
+    env = gym.make("RLStack/PushT-v0", cameras=("front",), image_size=24, dr=dr)
+    try:
+        check_env(env.unwrapped, skip_render_check=True)  # includes same-seed determinism of obs and info
+        assert set(env.unwrapped.last_stamps) == set(env.observation_space.spaces)
+    finally:
+        env.close()

@@ -81,7 +81,7 @@ def test_bc_learns_a_fixed_batch() -> None:
     batch = _batch(8)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = model(batch).item()
-    for _ in range(60):
+    for _ in range(130):
         opt.zero_grad()
         loss = model(batch)
         loss.backward()

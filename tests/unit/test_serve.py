@@ -130,3 +130,30 @@ def test_client_reconnects_after_server_restart_on_the_same_port() -> None:
 def test_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(PolicyServerError, match="unreachable"):
         RemotePolicy("ws://127.0.0.1:9", connect_timeout_s=1.0)
+
+
+def test_build_policy_waits_for_a_server_that_comes_up_late() -> None:
+    import socket
+    import threading
+
+    from robot_learning.deploy.config import PolicySourceConfig
+    from robot_learning.deploy.scripted import build_policy
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    holder: list[PolicyServer] = []
+    timer = threading.Timer(1.5, lambda: holder.append(PolicyServer(MeanPolicy(), port=port).start_in_thread()))
+    timer.start()
+    try:
+        remote = build_policy(PolicySourceConfig(server=f"ws://127.0.0.1:{port}", connect_wait_s=20.0),
+                              obs_shapes=SPEC.obs_shapes, action_dim=2)
+        assert np.allclose(remote.predict_chunk(obs(0.7)), 0.7)
+        remote.close()
+        with pytest.raises(SpecMismatchError, match="action_dim"):  # a mismatch is final, not retried
+            build_policy(PolicySourceConfig(server=f"ws://127.0.0.1:{port}", connect_wait_s=20.0),
+                         obs_shapes=SPEC.obs_shapes, action_dim=7)
+    finally:
+        timer.join()
+        for srv in holder:
+            srv.stop()

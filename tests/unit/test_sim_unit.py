@@ -60,6 +60,22 @@ def test_bad_actions_raise_and_server_survives(robot, bad) -> None:
     assert robot.observe().data["joint_pos"].shape == (9,)
 
 
+def test_bad_seed_is_rejected(robot) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        robot.reset(seed=-3)
+    with pytest.raises(ValueError, match="seed"):
+        robot.reset(seed=1.5)
+    robot.reset(seed=np.int64(4))
+
+
+def test_closed_robot_raises_clearly() -> None:
+    r = make_robot("push", render=False)
+    r.close()
+    r.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        r.act(np.zeros(5))
+
+
 def test_out_of_range_actions_are_clipped() -> None:
     a, b = make_robot("lift", render=False), make_robot("lift", render=False)
     try:

@@ -1,0 +1,169 @@
+"""``rlstack data import-bag``: rosbag2 recordings (sqlite3 or mcap, read with ``rosbags``) -> episodes.
+
+The topic mapping and the alignment are the recorder's (``ros_nodes.alignment``), taken from the
+same Hydra config as ``rlstack collect`` (``configs/collect.yaml``), so a session recorded with
+``ros2 bag record`` becomes the same training data the live recorder would have written. Messages
+are fed in log-time order; unstamped messages (``/action``) use their log time, which is their
+receive time at the recording machine, as the live recorder does. One bag is one episode.
+
+    rlstack data import-bag session1/ session2/ --store data/real.zarr --config robot=external
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BagImportResult:
+    """What happened to one bag."""
+
+    bag: str
+    episode: int | None
+    steps: int
+    success: bool
+    streams: dict[str, Any] = field(default_factory=dict)
+    rejected_examples: list[str] = field(default_factory=list)
+
+
+def import_bag(
+    bag: str | Path,
+    store: Any,
+    streams: Sequence[Any],
+    clock: str,
+    control_hz: float,
+    task: str = "",
+    source: str = "teleop",
+    operator: str = "",
+    success_topic: str = "",
+    success: bool = False,
+) -> BagImportResult:
+    """Align one rosbag2 bag and commit it to ``store`` as one episode; bad messages are counted, skipped."""
+    from rosbags.highlevel import AnyReader
+
+    from robot_learning.data.store import EpisodeMeta
+    from ros_nodes.alignment import EpisodeAligner, SampleError, decode
+
+    bag = Path(bag)
+    if not bag.exists():
+        raise FileNotFoundError(f"{bag}: no such bag (a rosbag2 directory with metadata.yaml)")
+    by_topic = {s.topic: s for s in streams}
+    aligner = EpisodeAligner(streams, clock, control_hz, max_wait_s=float("inf"))
+    examples: list[str] = []
+    final_success = success
+    with AnyReader([bag]) as reader:
+        present = {c.topic: c for c in reader.connections}
+        missing = [s.topic for s in streams if s.topic not in present]
+        if aligner.streams[clock].topic in missing:
+            raise ValueError(f"{bag}: the clock topic {aligner.streams[clock].topic} is not in the bag "
+                             f"(topics: {sorted(present)})")
+        for s in streams:
+            c = present.get(s.topic)
+            if c is not None and c.msgtype != s.ros_type:
+                raise ValueError(f"{bag}: topic {s.topic} has type {c.msgtype}, stream '{s.name}' expects {s.ros_type}")
+        if missing:
+            print(f"{bag}: warning: topics not in the bag: {missing} (their steps are dropped)", file=sys.stderr)
+        wanted = [c for t, c in present.items() if t in by_topic or t == success_topic]
+        meta = EpisodeMeta(task=task, source=source, operator=operator,
+                           rates={"step": control_hz, **{k: s.rate_hz for s in streams for k in s.keys if s.rate_hz > 0}},
+                           tags={"bag": str(bag)})
+        writer = store.begin_episode(meta)
+        try:
+            for conn, log_ns, raw in reader.messages(connections=wanted):
+                msg = reader.deserialize(raw, conn.msgtype)
+                t = log_ns * 1e-9
+                if conn.topic == success_topic:
+                    final_success = bool(msg.data)
+                    continue
+                s = by_topic[conn.topic]
+                try:
+                    stamp, values = decode(s, msg)
+                except SampleError as exc:
+                    aligner.stats[s.name].rejected += 1
+                    aligner.stats[s.name].last_error = str(exc)
+                    if len(examples) < 10:
+                        examples.append(f"{str(exc)} (log time {t:.3f})")
+                    continue
+                try:
+                    aligner.add(s.name, stamp, values, recv_time=t)
+                except SampleError as exc:
+                    if len(examples) < 10:
+                        examples.append(f"{str(exc)} (log time {t:.3f})")
+                    continue
+                for step in aligner.pop_ready(now=t):
+                    writer.append(step.data, step.stamps)
+            for step in aligner.flush():
+                writer.append(step.data, step.stamps)
+            if len(writer) == 0:
+                writer.discard()
+                return BagImportResult(str(bag), None, 0, False, aligner.summary(), examples)
+            writer.meta.tags["recorder"] = {"streams": aligner.summary()}
+            index = writer.commit(success=final_success)
+        except BaseException:
+            writer.discard()
+            raise
+    return BagImportResult(str(bag), index, aligner.steps_out, final_success, aligner.summary(), examples)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``rlstack data import-bag BAG... --store PATH [--config key=value ...]``."""
+    parser.description = ("Import rosbag2 bags (sqlite3 or mcap) as episodes, with the recorder's topic mapping "
+                          "and alignment from configs/collect.yaml. One bag = one episode.")
+    parser.add_argument("bags", nargs="+", help="rosbag2 directories (with metadata.yaml)")
+    parser.add_argument("--store", required=True, help="episode store to append to (path or s3:// URL)")
+    parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of configs/collect.yaml that pick the topic mapping, e.g. robot=external "
+                             "recorder.clock=joint task=lift")
+    parser.add_argument("--stream", action="append", default=[], metavar="NAME=/TOPIC:TYPE[:MODE:RATE:HxW]",
+                        help="record exactly these streams instead of the config's (repeatable)")
+    parser.add_argument("--clock", default=None, help="clock stream name (default: the config's recorder.clock)")
+    parser.add_argument("--control-hz", type=float, default=None, help="control rate (default: the config's)")
+    parser.add_argument("--success-topic", default="", help="std_msgs/Bool topic whose last value is the success flag")
+    parser.add_argument("--success", action="store_true", help="mark every imported episode successful")
+    parser.add_argument("--source", default="teleop", help="episode source (teleop, policy, intervention, scripted)")
+    parser.add_argument("--operator", default="", help="operator name stored with the episodes")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import each bag; print one line per bag with steps, rejected messages and alignment error."""
+    from tqdm import tqdm
+
+    from robot_learning.data.store import EpisodeStore
+    from ros_nodes.alignment import StreamConfig
+    from ros_nodes.collect import load_config
+
+    try:
+        cfg, _ = load_config(list(args.config), graph=False)
+        streams = [StreamConfig.from_param(s) for s in args.stream] if args.stream else cfg.all_streams()
+    except ValueError as exc:
+        print(f"import-bag: {exc}", file=sys.stderr)
+        return 2
+    clock = args.clock or cfg.recorder.clock
+    control_hz = args.control_hz or cfg.robot.control_hz
+    store = EpisodeStore.open(args.store, mode="a")
+    failures = 0
+    try:
+        for bag in tqdm(args.bags, desc="bags", unit="bag", disable=len(args.bags) < 2):
+            try:
+                r = import_bag(bag, store, streams, clock, control_hz, task=cfg.task, source=args.source,
+                               operator=args.operator, success_topic=args.success_topic, success=args.success)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"import-bag: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            rejected = sum(s["rejected"] for s in r.streams.values())
+            worst = max((s["align_err_max_ms"] for s in r.streams.values()), default=0.0)
+            where = f"episode {r.episode}" if r.episode is not None else "nothing committed (no aligned steps)"
+            print(f"{r.bag}: {where}, {r.steps} steps, success={r.success}, rejected {rejected} messages, "
+                  f"max alignment error {worst:.1f} ms")
+            for e in r.rejected_examples[:3]:
+                print(f"  rejected: {e}", file=sys.stderr)
+            failures += r.episode is None
+    finally:
+        store.close()
+    return 1 if failures else 0
