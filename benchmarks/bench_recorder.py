@@ -39,9 +39,9 @@ def driver(seconds: float, cam_hz: float, joint_hz: float) -> None:
 
     rclpy.init()
     node = rclpy.create_node("bench_driver")
-    qos = sensor_pub_qos(100)
-    pub_j = node.create_publisher(JointState, TOPICS.joint_states, qos)
-    pubs = {c: node.create_publisher(Image, TOPICS.camera(c), qos) for c in CAMERAS}
+    # one second of history per writer: reliable repair can resend anything the recorder missed
+    pub_j = node.create_publisher(JointState, TOPICS.joint_states, sensor_pub_qos(int(joint_hz)))
+    pubs = {c: node.create_publisher(Image, TOPICS.camera(c), sensor_pub_qos(int(cam_hz))) for c in CAMERAS}
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 255, (*HW, 3), dtype=np.uint8) for _ in range(8)]
     counts = {"joint": 0, **{f"camera_{c}": 0 for c in CAMERAS}}

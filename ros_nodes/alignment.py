@@ -17,6 +17,7 @@ Bad samples (NaN, wrong size or encoding, missing or out-of-order stamps) are re
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -178,6 +179,27 @@ class StreamStats:
         }
 
 
+class _Buffer:
+    """One stream's samples in stamp order (out-of-order samples are rejected before they get here)."""
+
+    __slots__ = ("stamps", "values")
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.values: list[dict[str, np.ndarray]] = []
+
+    def append(self, stamp: float, values: dict[str, np.ndarray]) -> None:
+        self.stamps.append(stamp)
+        self.values.append(values)
+
+    def prune_before(self, horizon: float) -> None:
+        """Forget samples older than ``horizon``, keeping the newest of them (a held value)."""
+        i = bisect.bisect_left(self.stamps, horizon) - 1
+        if i > 0:
+            del self.stamps[:i]
+            del self.values[:i]
+
+
 @dataclass
 class Step:
     """One aligned control step: every key's value and the capture stamp it came from."""
@@ -213,7 +235,7 @@ class EpisodeAligner:
         # A step whose nearest sample of some stream is farther than this is dropped, not recorded
         # with a stale frame (default: half a control period).
         self.max_align_err_s = 0.5 * self.period if max_align_err_s is None else float(max_align_err_s)
-        self.samples: dict[str, deque[tuple[float, dict[str, np.ndarray]]]] = {n: deque() for n in self.streams}
+        self.samples: dict[str, _Buffer] = {n: _Buffer() for n in self.streams}
         self.last_stamp: dict[str, float] = {}
         self.stats = {n: StreamStats() for n in self.streams}
         self.pending: deque[float] = deque()  # step times not yet resolved
@@ -258,7 +280,7 @@ class EpisodeAligner:
         st.received += 1
         self.last_stamp[name] = stamp
         self._last_values[name] = (stamp, values)
-        self.samples[name].append((stamp, values))
+        self.samples[name].append(stamp, values)
         if name == self.clock:
             self._maybe_step(stamp)
 
@@ -266,7 +288,7 @@ class EpisodeAligner:
         """Seed a ``latest`` stream with its value from before the episode (e.g. a latched flag)."""
         self.last_stamp[name] = stamp
         self._last_values[name] = (stamp, values)
-        self.samples[name].append((stamp, values))
+        self.samples[name].append(stamp, values)
 
     def add_lost(self, name: str, count: int) -> None:
         """Count frames that DDS reported lost on this stream."""
@@ -314,35 +336,34 @@ class EpisodeAligner:
         for name, stream in self.streams.items():
             buf = self.samples[name]
             if stream.mode == "nearest":
-                after = next((s for s in buf if s[0] >= t), None)
-                if after is None and not final:
+                i = bisect.bisect_left(buf.stamps, t)  # first sample at or after t
+                if i == len(buf.stamps) and not final:
                     return None  # something closer may still come
-                before = next((s for s in reversed(buf) if s[0] <= t), None)
-                cands = [s for s in (before, after) if s is not None]
+                cands = [j for j in (i - 1, i) if 0 <= j < len(buf.stamps)]
                 if not cands:
                     return self._drop(name)
-                best = min(cands, key=lambda s: abs(s[0] - t))
-                if abs(best[0] - t) > self.max_align_err_s:
+                j = min(cands, key=lambda j: abs(buf.stamps[j] - t))
+                if abs(buf.stamps[j] - t) > self.max_align_err_s:
                     return self._drop(name)
-                picks[name] = best
+                picks[name] = (buf.stamps[j], buf.values[j])
             elif stream.mode == "next":
                 window = min(t + 1.5 * self.period, t_next)  # a response belongs to one step only
-                hit = next((s for s in buf if t < s[0] <= window), None)
-                if hit is None:
+                i = bisect.bisect_right(buf.stamps, t)
+                if i == len(buf.stamps) or buf.stamps[i] > window:
                     if not final and now <= window:
                         return None
                     return self._drop(name)
-                picks[name] = hit
+                picks[name] = (buf.stamps[i], buf.values[i])
             else:  # latest
                 if not final and now < t:
                     return None
-                hit = next((s for s in reversed(buf) if s[0] <= t), None) or self._last_values.get(name)
-                if hit is None or hit[0] > t:
+                i = bisect.bisect_right(buf.stamps, t) - 1
+                if i < 0:
                     if stream.type == "bool":  # a flag never raised is False
                         picks[name] = (t, {stream.name: np.array(False)})
                         continue
                     return self._drop(name)
-                picks[name] = hit
+                picks[name] = (buf.stamps[i], buf.values[i])
         step = Step(t=t, data={}, stamps={"step": t})
         for name, (stamp, values) in picks.items():
             st = self.stats[name]
@@ -365,8 +386,7 @@ class EpisodeAligner:
         # Keep samples that a pending (or the next) step could still pick: one second before it.
         horizon = (self.pending[0] if self.pending else self.last_stamp.get(self.clock, -math.inf)) - 1.0
         for buf in self.samples.values():
-            while len(buf) > 1 and buf[1][0] < horizon:
-                buf.popleft()
+            buf.prune_before(horizon)
 
     def summary(self) -> dict[str, Any]:
         """Per-stream stats of this episode (JSON-friendly)."""

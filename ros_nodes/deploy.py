@@ -139,8 +139,9 @@ class EpisodeDriver:
         self.node.destroy_node()
 
 
-def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict[str, str], log_dir: Path) -> int:
-    """Launch sim_robot + policy node, run the episodes, print the success rate."""
+def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict[str, str],
+                     log_dir: Path) -> dict[str, Any]:
+    """Launch sim_robot + policy node, run the episodes, print the success rate; return the report."""
     import rclpy
     from tqdm import tqdm
 
@@ -183,10 +184,37 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
     print("diagnostics: " + json.dumps({k: diag.get(k) for k in (
         "loop_hz", "jitter_p50_ms", "jitter_p99_ms", "inference_p50_ms", "inference_p99_ms", "obs_to_action_p50_ms",
         "late_dropped_actions", "starved_ticks", "holds", "inference_errors")}, default=str))
-    (log_dir / "deploy_report.json").write_text(json.dumps(
-        {"task": run_cfg.task, "successes": successes, "episodes": len(results), "seeds": seeds,
-         "steps": [n for _, n, _ in results], "diagnostics": diag}, indent=2, default=str))
-    return 0
+    report = {"task": run_cfg.task, "successes": successes, "episodes": len(results), "seeds": seeds,
+              "rate": format_rate(successes, len(results), seeds), "steps": [n for _, n, _ in results],
+              "diagnostics": diag}
+    (log_dir / "deploy_report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def deploy_in_sim(overrides: list[str]) -> dict[str, Any]:
+    """Library entry for the demo: ``rlstack deploy`` on the sim robot; returns the episode report."""
+    run_cfg, node_cfg, cfg = load_configs(overrides)
+    node_cfg.policy.kind()
+    if run_cfg.robot.kind != "sim" or run_cfg.episodes < 1:
+        raise ValueError("deploy_in_sim needs robot.kind=sim and episodes >= 1")
+    env, log_dir = _prepare(run_cfg, node_cfg, cfg)
+    return run_sim_episodes(run_cfg, node_cfg, env, log_dir)
+
+
+def _prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tuple[dict[str, str], Path]:
+    """Loopback env, log folder with the resolved config, sim observation shapes for the start-up check."""
+    from omegaconf import OmegaConf
+
+    from ros_nodes.common import loopback_env
+
+    domain = run_cfg.domain_id if run_cfg.domain_id >= 0 else int(os.environ.get("ROS_DOMAIN_ID", "0"))
+    env = loopback_env(domain) if run_cfg.loopback else dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    log_dir = Path(run_cfg.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, log_dir / "deploy_config.yaml")
+    if run_cfg.robot.kind == "sim" and not node_cfg.robot_obs_shapes:
+        node_cfg.robot_obs_shapes = sim_obs_shapes(run_cfg)
+    return env, log_dir
 
 
 def sim_obs_shapes(run_cfg: DeployRunConfig) -> dict[str, list[int]]:
@@ -213,21 +241,14 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    from ros_nodes.common import loopback_env
-
-    domain = run_cfg.domain_id if run_cfg.domain_id >= 0 else int(os.environ.get("ROS_DOMAIN_ID", "0"))
-    env = loopback_env(domain) if run_cfg.loopback else dict(os.environ, ROS_DOMAIN_ID=str(domain))
-    log_dir = Path(run_cfg.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, log_dir / "deploy_config.yaml")
-    if run_cfg.robot.kind == "sim" and not node_cfg.robot_obs_shapes:
-        node_cfg.robot_obs_shapes = sim_obs_shapes(run_cfg)
+    env, log_dir = _prepare(run_cfg, node_cfg, cfg)
     if run_cfg.robot.kind == "sim" and run_cfg.episodes > 0:
         try:
-            return run_sim_episodes(run_cfg, node_cfg, env, log_dir)
+            run_sim_episodes(run_cfg, node_cfg, env, log_dir)
         except RuntimeError as exc:
             print(f"rlstack deploy: {exc}", file=sys.stderr)
             return 1
+        return 0
     os.environ.update(env)
     if run_cfg.robot.kind == "sim":
         from ros_nodes.common import NodeProcess

@@ -47,6 +47,17 @@ MSG_TYPES = {"joint_position": "JointState", "joint_velocity": "JointState", "po
              "image": "Image", "float_array": "Float64MultiArray"}
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf -> None so the diagnostics are strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def make_reader(stream: StreamConfig, shape: tuple[int, ...]) -> Callable[[Any], tuple[np.ndarray, float]]:
     """Message -> (value, capture stamp) for one observation key; ValueError names topic and problem."""
     where = f"{stream.topic} ({stream.key}): "
@@ -235,7 +246,7 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             d = self.ctrl.diagnostics()
             d["rejected_messages"] = self.rejections
             d["overruns"] = getattr(self, "overruns", 0)
-            self.pub_diag.publish(self._String(data=json.dumps(d, default=float)))
+            self.pub_diag.publish(self._String(data=json.dumps(_finite(d))))
 
         def close(self) -> None:
             """Stop the control thread and the inference worker."""

@@ -197,8 +197,7 @@ class Recorder:
             self.aligner.add(name, stamp, values, recv_time)
         except SampleError as exc:
             self._log_throttled(name, f"rejected message: {exc}")
-            return
-        self.poll(recv_time)
+        # steps are resolved by poll() on a timer, not per message: at 500 Hz that work adds up
 
     def on_lost(self, name: str, count: int) -> None:
         """DDS reported ``count`` messages of stream ``name`` lost."""

@@ -125,6 +125,9 @@ class WindowDataset(torch.utils.data.Dataset):
                      for e in tqdm(infos, desc=f"load {key}", disable=len(infos) < 50 or not is_image)]
             data = np.concatenate(parts)
             self._ram[key] = data if is_image else data.astype(np.float32, copy=False)
+        # (key, RAM array or None = read from the store, row matrix); "__action__" marks the action
+        self._plan = [(k, self._ram.get(k), self._rows[self.key_horizons[k]]) for k in self.obs_keys]
+        self._plan.append(("__action__", self._ram[action_key], self._rows[self.key_horizons[action_key]]))
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -133,24 +136,55 @@ class WindowDataset(torch.utils.data.Dataset):
         """(episode id, start offset within the episode) of sample ``i``."""
         return int(self._episode_of[i]), int(self._starts[i])
 
-    def _frames(self, key: str, rows: np.ndarray, shift: int) -> np.ndarray:
-        data = self._ram.get(key)
-        if data is not None:
-            return data[rows]
+    def _reader(self) -> EpisodeStore:
         if self._store is None or self._pid != os.getpid():
             self._store = EpisodeStore.open(self._uri, mode="r", storage_options=self._storage_options)
             self._pid = os.getpid()
-        lo, hi = int(rows[0]), int(rows[-1])  # clipped rows are sorted and contiguous
-        block = self._store.read_rows(key, lo + shift, hi + shift + 1)
-        return block[rows - lo]
+        return self._store
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        shift = int(self._shift[i])
+    def _from_store(self, key: str, rows: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """Frames of windows ``rows`` (n, h) read from the store: one contiguous range per window, all
+        ranges fetched concurrently; only the frames the windows use are decoded."""
+        lo, hi = rows[:, 0], rows[:, -1]  # clipped rows are sorted and contiguous
+        blocks = self._reader().read_many([(f"data/{key}", int(a + s), int(b + s + 1))
+                                           for a, b, s in zip(lo, hi, shifts, strict=True)])
+        return np.stack([blk[r - a] for blk, r, a in zip(blocks, rows, lo, strict=True)])
+
+    def __getitem__(self, i: int | Sequence[int] | np.ndarray) -> dict[str, Any]:
+        """One window, or a batch of windows (leading batch dim) when ``i`` is a sequence of indices."""
+        if isinstance(i, (int, np.integer)):
+            return self._single(int(i))
+        idx = np.asarray(i, dtype=np.int64)
+        out: dict[str, Any] = {"obs": {}}
+        for key, data, rows in self._plan:
+            r = rows[idx]
+            batch = data.take(r, axis=0) if data is not None else self._from_store(key, r, self._shift[idx])
+            if key == "__action__":
+                out["action"] = torch.from_numpy(batch)
+            else:
+                out["obs"][key] = torch.from_numpy(batch)
+        return out
+
+    def _single(self, i: int) -> dict[str, Any]:
+        # the hot path of training: no per-key lookups beyond the precomputed plan
         obs = {}
-        for key in self.obs_keys:
-            obs[key] = torch.from_numpy(self._frames(key, self._rows[self.key_horizons[key]][i], shift))
-        action = self._frames(self.action_key, self._rows[self.key_horizons[self.action_key]][i], shift)
-        return {"obs": obs, "action": torch.from_numpy(action)}
+        action = None
+        for key, data, rows in self._plan:
+            r = rows[i]
+            frames = data.take(r, axis=0) if data is not None else self._from_store(key, r[None], self._shift[i:i + 1])[0]
+            if key == "__action__":
+                action = torch.from_numpy(frames)
+            else:
+                obs[key] = torch.from_numpy(frames)
+        return {"obs": obs, "action": action}
+
+    def loader(self, batch_size: int, shuffle: bool = True, num_workers: int = 0, drop_last: bool = False,
+               seed: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
+        """A DataLoader that fetches whole batches at once (one gather per key, no per-sample collate)."""
+        gen = torch.Generator().manual_seed(seed)
+        base = torch.utils.data.RandomSampler(self, generator=gen) if shuffle else torch.utils.data.SequentialSampler(self)
+        sampler = torch.utils.data.BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
+        return torch.utils.data.DataLoader(self, sampler=sampler, batch_size=None, num_workers=num_workers, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

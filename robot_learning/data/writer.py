@@ -57,7 +57,8 @@ class EpisodeWriter:
         self._start_row = store.data_end
         self._n = 0
         self._flushed = 0
-        self._bufs: dict[str, list[np.ndarray]] = {}
+        self._blocks: dict[str, np.ndarray] = {}  # preallocated rows: one copy per value, no np.stack
+        self._capacity = 0
         self._stamp_bufs: dict[str, list[float]] = {}
         self._stream_bufs: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
         self._stream_written: dict[str, int] = {}
@@ -88,9 +89,13 @@ class EpisodeWriter:
             values[key] = self._convert(key, data[key], shape, dtype, step)
         stamp_values = self._check_stamps(stamps, step)
         # everything is valid: only now touch the buffers
+        if not self._blocks:
+            step_bytes = sum(int(np.prod(shape)) * dtype.itemsize for shape, dtype in keys.values())
+            self._capacity = max(1, min(self.flush_steps, FLUSH_BYTES // max(step_bytes, 1)))
+            self._blocks = {k: np.empty((self._capacity, *shape), dtype) for k, (shape, dtype) in keys.items()}
+        slot = self._n - self._flushed
         for key, v in values.items():
-            self._bufs.setdefault(key, []).append(v)
-            self._buffered_bytes += v.nbytes
+            self._blocks[key][slot] = v  # the copy callers need (they may reuse their buffers)
         for key, t in stamp_values.items():
             self._stamp_bufs.setdefault(key, []).append(t)
         if step == 0:
@@ -98,7 +103,7 @@ class EpisodeWriter:
             self.start_time = time.time()
         self._last_stamp = stamp_values["step"]
         self._n += 1
-        if self._n - self._flushed >= self.flush_steps or self._buffered_bytes >= FLUSH_BYTES:
+        if self._n - self._flushed >= self._capacity or self._buffered_bytes >= FLUSH_BYTES:
             self._flush()
 
     def append_stream(self, name: str, values: Any, stamps: Any) -> None:
@@ -176,7 +181,7 @@ class EpisodeWriter:
 
     def _close(self) -> None:
         self._open = False
-        self._bufs.clear()
+        self._blocks.clear()
         self._stream_bufs.clear()
         self._store._writer = None
         self._store._release_lock()
@@ -204,7 +209,7 @@ class EpisodeWriter:
             raise StoreError(f"step {step}: key {key!r} has dtype {arr.dtype}; the store holds {dtype}")
         if arr.shape != shape:
             raise StoreError(f"step {step}: key {key!r} has shape {arr.shape}; the store holds {shape}")
-        return np.array(arr, dtype=dtype)  # a copy: callers may reuse their buffers
+        return arr
 
     def _check_stamps(self, stamps: Mapping[str, float], step: int) -> dict[str, float]:
         stamped = self._store.stamp_keys
@@ -238,7 +243,7 @@ class EpisodeWriter:
         a, b = self._start_row + self._flushed, self._start_row + self._n
         jobs: list[tuple[str, int, np.ndarray]] = []
         if b > a:
-            jobs += [(f"data/{key}", a, np.stack(rows)) for key, rows in self._bufs.items()]
+            jobs += [(f"data/{key}", a, block[:b - a]) for key, block in self._blocks.items()]
             jobs += [(f"stamps/{key}", a, np.asarray(ts, dtype=np.float64)) for key, ts in self._stamp_bufs.items()]
         written = {}
         for name, (vals, sts) in self._stream_bufs.items():
@@ -250,7 +255,6 @@ class EpisodeWriter:
         if jobs:
             arrays = store.open_arrays([name for name, _, _ in jobs])
             sync(_gather([_write_rows(arrays[name].async_array, first, block) for name, first, block in jobs]))
-        self._bufs = {k: [] for k in self._bufs}
         self._stamp_bufs = {k: [] for k in self._stamp_bufs}
         for name, n in written.items():
             self._stream_written[name] = self._stream_written.get(name, 0) + n

@@ -149,6 +149,12 @@ class PolicyController:
                 op = self._operator
                 proposal = op[0] if op is not None and now - op[1] <= self.safety.config.stale_timeout_s else None
                 source = "human"
+                if proposal is None:  # hold, and say why in the operator's terms
+                    decision = self.safety.filter(None, now, stamps, joint_pos=joints)
+                    decision.reasons = ["no_action: no fresh operator command on the takeover topic"]
+                    result = TickResult(decision.action, "hold", decision.status, decision.reasons)
+                    self.last_tick, self.last_problem = result, decision.reasons[0]
+                    return result
             else:
                 proposal = self.scheduler.action_at(now)
                 source = "policy"

@@ -164,3 +164,49 @@ def test_node_refuses_a_policy_that_does_not_fit_the_robot(rclpy_context: Any) -
                               "robot_obs_shapes": {"joint_pos": [9], "camera_front": [96, 96, 3]}})
     with pytest.raises(ValueError, match="policy needs observation 'privileged_state'"):
         make_node(cfg, policy=ExpertPolicy("lift", control_hz=CONTROL_HZ))
+
+
+def test_checkpoint_served_remotely_drives_the_sim_through_the_node(rclpy_context: Any, tmp_path: Path) -> None:
+    """A (tiny, untrained) diffusion checkpoint: camera images over ROS -> node -> `rlstack serve` -> /action."""
+    import torch
+
+    from robot_learning.policies import PolicySpec, build_model
+    from robot_learning.policies.checkpoint import ModelPolicy
+    from ros_nodes.common import NodeProcess
+
+    spec = PolicySpec(obs_shapes={"camera_front": (32, 32, 3), "joint_pos": (9,), "ee_pose": (7,)}, action_dim=5,
+                      n_obs_steps=2, horizon=8, n_action_steps=4, control_hz=CONTROL_HZ)
+    stats = {"joint_pos": {"min": [-3.0] * 9, "max": [3.0] * 9}, "ee_pose": {"min": [-1.0] * 7, "max": [1.0] * 7},
+             "action": {"min": [-1.0] * 5, "max": [1.0] * 5}}
+    torch.manual_seed(0)
+    model = build_model("diffusion", {"encoder": {"width": 8, "keypoints": 4, "feature_dim": 8},
+                                      "down_dims": [16, 32], "step_embed_dim": 16, "num_inference_steps": 4},
+                        spec, stats)
+    ckpt = tmp_path / "policy.pt"
+    ModelPolicy(model).save(ckpt)
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "robot_learning.cli", "serve", "--checkpoint", str(ckpt), "--port", str(port)]
+    server = subprocess.Popen(cmd, stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    sim = NodeProcess("ros_nodes.sim_robot", sim_params(), env=rclpy_context.env, log_path=tmp_path / "sim.log")
+    cfg = {"policy": {"server": f"ws://127.0.0.1:{port}", "connect_wait_s": 60.0},
+           "robot_obs_shapes": {"camera_front": [32, 32, 3], "joint_pos": [9], "ee_pose": [7], "gripper": [1]},
+           "safety": {"stale_timeout_s": 0.4, "action_low": [-1.0] * 5, "action_high": [1.0] * 5}}
+    node = NodeProcess("ros_nodes.policy_node", {"config_json": json.dumps(cfg)}, env=rclpy_context.env,
+                       log_path=tmp_path / "policy.log")
+    probe = Probe()
+    try:
+        probe.wait_for(lambda: probe.diagnostics.get("chunks", 0) >= 5, timeout=90, what="5 chunks from the server")
+        d = probe.diagnostics
+        assert d["inference_errors"] == 0 and d["rejected_observations"] == {}
+        assert "policy" in probe.sources_since(0)
+        actions = probe.actions_since(0)
+        assert actions and all(np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0) for a in actions)
+    finally:
+        node.stop()
+        sim.stop()
+        server.kill()
+        server.wait(10)
+        probe.close()
+        for log in tmp_path.glob("*.log"):
+            print(f"--- {log.name}\n{log.read_text()[-2000:]}")

@@ -35,10 +35,20 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     generate_demos(store, load_task_config("lift", [f"image_size={IMAGE}"]), episodes=2, progress=False)
     cfg = compose("train", [
         "train=toy", "task=lift", f"task.image_size={IMAGE}", f"data.store={store}", f"out_dir={root / 'run'}",
-        "train.steps=4", "train.batch_size=4", "policy.params.encoder.width=8", "policy.params.encoder.keypoints=4",
+        "train.steps=4", "train.batch_size=4", "train.eval_every=4", "train.eval_episodes=2", "train.eval_procs=1",
+        "task.max_steps=6", "policy.params.encoder.width=8", "policy.params.encoder.keypoints=4",
         "policy.params.encoder.feature_dim=8", "policy.params.down_dims=[16,32]", "policy.params.num_inference_steps=3",
     ])
     return train(cfg)
+
+
+def test_training_ran_a_periodic_sim_evaluation(tiny_checkpoint) -> None:
+    rows = (tiny_checkpoint.parent / "metrics.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    evals = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    evals = [r for r in evals if r["eval_success"] != ""]
+    assert len(evals) == 1 and evals[0]["step"] == "4"
+    assert 0.0 <= float(evals[0]["eval_ci_low"]) <= float(evals[0]["eval_success"]) <= float(evals[0]["eval_ci_high"])
 
 
 def test_agent_executes_chunks_and_resets(tiny_checkpoint) -> None:

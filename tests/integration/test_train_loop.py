@@ -74,7 +74,7 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 def _train_cmd(store: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "robot_learning.train.cli", *TINY_DIFFUSION, f"data.store={store}",
-            f"out_dir={out}", "train.steps=120", "train.checkpoint_every=10", "train.log_every=10", *extra]
+            f"out_dir={out}", "train.steps=60", "train.checkpoint_every=10", "train.log_every=10", *extra]
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(toy_store, tmp_path) -> None:
@@ -93,18 +93,18 @@ def test_resume_after_sigkill_matches_uninterrupted_run(toy_store, tmp_path) -> 
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     stopped_at = torch.load(killed / LATEST, weights_only=True)["train_state"]["step"]
-    assert 10 <= stopped_at < 120
+    assert 10 <= stopped_at < 60
 
     subprocess.run(_train_cmd(toy_store, killed), check=True, env=env, cwd=REPO, capture_output=True)
     ref, res = _final_weights(reference), _final_weights(killed)
-    assert torch.load(killed / LATEST, weights_only=True)["train_state"]["step"] == 120
+    assert torch.load(killed / LATEST, weights_only=True)["train_state"]["step"] == 60
     for key in ref:
         assert torch.equal(ref[key], res[key]), f"weights differ after resume at {key}"
     ref_ema = torch.load(reference / POLICY, weights_only=True)["state_dict"]
     res_ema = torch.load(killed / POLICY, weights_only=True)["state_dict"]
     assert all(torch.equal(ref_ema[k], res_ema[k]) for k in ref_ema)
     steps = [int(r.split(",")[0]) for r in (killed / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(10, 121, 10))  # the log has no duplicate or missing rows after resume
+    assert steps == list(range(10, 61, 10))  # the log has no duplicate or missing rows after resume
 
 
 def test_ddp_two_gloo_processes(toy_store, tmp_path) -> None:

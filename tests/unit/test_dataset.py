@@ -95,3 +95,20 @@ def test_stats(store):
     assert only_first.count == LENGTHS[0]
     with pytest.raises(ValueError, match="missing field"):
         KeyStats.from_dict({"min": [0]})
+
+
+def test_batched_indexing_and_loader(store):
+    for cache in (True, False):
+        ds = WindowDataset(store, ["camera_front", "joint_pos"], n_obs_steps=2, horizon=5, n_action_steps=3, cache=cache)
+        idx = [0, 3, len(ds) - 1, 3]
+        batch = ds[idx]
+        assert batch["obs"]["camera_front"].shape == (4, 2, 16, 20, 3) and batch["action"].shape == (4, 5, 7)
+        for b, i in enumerate(idx):
+            single = ds[i]
+            assert torch.equal(batch["action"][b], single["action"])
+            assert torch.equal(batch["obs"]["camera_front"][b], single["obs"]["camera_front"])
+            assert torch.equal(batch["obs"]["joint_pos"][b], single["obs"]["joint_pos"])
+    batches = list(ds.loader(batch_size=8, shuffle=True, seed=1))
+    assert sum(len(b["action"]) for b in batches) == len(ds)
+    again = list(ds.loader(batch_size=8, shuffle=True, seed=1))
+    assert all(torch.equal(a["action"], b["action"]) for a, b in zip(batches, again, strict=True))

@@ -249,3 +249,32 @@ def test_controller_yields_to_operator_and_forwards_in_forward_mode() -> None:
 def test_controller_refuses_rate_mismatch_for_delta_actions() -> None:
     with pytest.raises(ValueError, match="control_hz 50.0 differs"):
         PolicyController(StepPolicy(), SafetyConfig(hold_keep_dims=[]), control_hz=50.0)
+
+
+def test_absolute_mode_holds_the_last_command_and_limits_steps() -> None:
+    s = SafetyLayer(SafetyConfig(action_mode="ee_abs", action_low=[-1.0] * 3, action_high=[1.0] * 3,
+                                 max_velocity=[0.1] * 3, hold_keep_dims=[], position_dims=[0, 1, 2],
+                                 workspace_low=[-0.5, -0.5, -0.5], workspace_high=[0.5, 0.5, 0.5]), 3)
+    assert s.filter(np.array([0.0, 0.0, 0.0]), now=0.0).status == "ok"
+    d = s.filter(np.array([0.5, 0.0, -0.05]), now=0.0)
+    assert d.action.tolist() == pytest.approx([0.1, 0.0, -0.05])  # position step limited to 0.1
+    d = s.filter(np.array([0.1, 0.9, 0.0]), now=0.0)
+    assert d.action[1] == pytest.approx(0.1)
+    held = s.filter(np.array([np.inf, 0, 0]), now=0.0)
+    assert held.status == "hold" and held.action.tolist() == pytest.approx(d.action.tolist())
+    fresh = SafetyLayer(SafetyConfig(action_mode="ee_abs", hold_keep_dims=[]), 3)
+    assert fresh.filter(None, now=0.0).action is None  # no previous command: publish nothing
+
+
+def test_diagnostics_histogram_and_jitter() -> None:
+    from robot_learning.deploy.diagnostics import LoopDiagnostics
+
+    d = LoopDiagnostics(period_s=0.02)
+    for ms in (3, 7, 15, 15, 600, 2000):
+        d.inference(ms)
+    for t in (0.0, 0.02, 0.04, 0.07, 0.09):
+        d.tick(t)
+    h = d.inference_figures()["inference_histogram"]
+    assert h["<=5ms"] == 1 and h["<=10ms"] == 1 and h["<=20ms"] == 2 and h["<=1000ms"] == 1 and h[">1000ms"] == 1
+    loop = d.loop_figures()
+    assert loop["jitter_max_ms"] == pytest.approx(10.0) and loop["loop_hz"] == pytest.approx(4 / 0.09)

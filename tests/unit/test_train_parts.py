@@ -1,0 +1,69 @@
+"""Pieces of the training loop that decide exactness: data order, RNG capture, config validation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from robot_learning.config import compose
+from robot_learning.train.config import validate_run_config
+from robot_learning.train.loop import CsvLog, StepBatches, rng_states, set_rng_states, step_seed
+
+
+def test_step_batches_are_a_function_of_the_step() -> None:
+    full = list(StepBatches(50, 4, seed=1, rank=0, world=1, start_step=0, end_step=30))
+    resumed = list(StepBatches(50, 4, seed=1, rank=0, world=1, start_step=17, end_step=30))
+    assert resumed == full[17:]
+    per_epoch = 50 // 4
+    epoch0 = [i for b in full[:per_epoch] for i in b]
+    assert len(set(epoch0)) == len(epoch0) == per_epoch * 4  # no repeats inside an epoch
+    assert full[:per_epoch] != full[per_epoch : 2 * per_epoch]  # a new permutation per epoch
+    assert list(StepBatches(50, 4, seed=2, rank=0, world=1, start_step=0, end_step=3)) != full[:3]
+
+
+def test_step_batches_split_the_global_batch_between_ranks() -> None:
+    r0 = list(StepBatches(40, 4, seed=0, rank=0, world=2, start_step=0, end_step=5))
+    r1 = list(StepBatches(40, 4, seed=0, rank=1, world=2, start_step=0, end_step=5))
+    for a, b in zip(r0, r1, strict=True):
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        StepBatches(7, 4, seed=0, rank=0, world=2, start_step=0, end_step=1)
+
+
+def test_rng_states_round_trip() -> None:
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    saved = rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(5), np.random.rand(5), random.random()
+    set_rng_states(saved)
+    assert torch.equal(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    assert step_seed(0, 5, 0) == step_seed(0, 5, 0) != step_seed(0, 5, 1) != step_seed(0, 6, 0)
+
+
+def test_csv_log_drops_rows_after_the_resumed_step(tmp_path) -> None:
+    path = tmp_path / "metrics.csv"
+    log = CsvLog(path, 0)
+    for step in (10, 20, 30):
+        log.write({"step": step, "loss": 1.0 / step})
+    CsvLog(path, 20).write({"step": 30, "loss": 0.5})
+    rows = path.read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["10", "20", "30"] and rows[-1].startswith("30,0.5")
+
+
+def test_config_validation_names_the_key() -> None:
+    cfg = compose("train", ["train=toy"])
+    run = validate_run_config(cfg)
+    assert run.train.steps == 20 and run.policy.type == "diffusion" and run.task["name"] == "lift"
+    with pytest.raises(ValueError, match="n_action_steps=20 must be in 1..policy.horizon"):
+        validate_run_config(compose("train", ["policy.n_action_steps=20"]))
+    with pytest.raises(ValueError, match="batch_sizee"):
+        validate_run_config(compose("train", ["+train.batch_sizee=3"]))
+    with pytest.raises(ValueError, match="steps"):
+        validate_run_config(compose("train", ["train.steps=abc"]))
