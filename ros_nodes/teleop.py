@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ros_nodes.common import TOPICS
-from ros_nodes.sim_robot import FLAG_PREFIX, STEPS_LABEL
+from ros_nodes.sim_robot import DR_PREFIX, FLAG_PREFIX, STEPS_LABEL
 
 # key -> (action index, sign) for motion keys
 MOTION_KEYS: dict[str, tuple[int, float]] = {
@@ -45,6 +45,7 @@ class PrivilegedView:
         self.steps = 0
         self._state: dict[str, np.ndarray] = {}
         self.task = _TaskFlags(self)
+        self.dr = _DRValues(self)
 
     def update(self, segments: dict[str, np.ndarray]) -> None:
         """Take one privileged-state message (labelled segments)."""
@@ -55,7 +56,22 @@ class PrivilegedView:
 
     def privileged(self) -> dict[str, np.ndarray]:
         """The robot's privileged state (as ``SimRobot.privileged``)."""
-        return {k: v.astype(np.float32) for k, v in self._state.items() if k != STEPS_LABEL and not k.startswith(FLAG_PREFIX)}
+        return {k: v.astype(np.float32) for k, v in self._state.items()
+                if k != STEPS_LABEL and not k.startswith((FLAG_PREFIX, DR_PREFIX))}
+
+
+class _DRValues:
+    """``robot.dr.<field>`` answered from ``dr_<field>`` segments (scalars only)."""
+
+    def __init__(self, view: PrivilegedView) -> None:
+        self._view = view
+
+    def __getattr__(self, name: str) -> float:
+        key = DR_PREFIX + name
+        if key not in self._view._state:
+            raise AttributeError(f"the expert asked for robot.dr.{name} but sim_robot does not publish it "
+                                 f"(only scalar randomization values travel)")
+        return float(self._view._state[key][0])
 
 
 class _TaskFlags:

@@ -17,6 +17,7 @@ from sim.robot import MAX_SPEED, MAX_YAW_RATE
 from sim.tasks import CUBE, wrap_angle, yaw_of
 
 OPEN, CLOSED = 1.0, -1.0
+LATENCY_GAIN = 0.6
 
 
 def _grasp_yaw(cube_quat: np.ndarray, current: float) -> float:
@@ -110,8 +111,11 @@ class ScriptedExpert:
         """Action that drives the gripper towards ``target`` (xyz) and ``yaw`` at full speed when far."""
         st = robot.privileged()
         dt = 1.0 / robot.control_hz
-        dxyz = (np.asarray(target) - st["ee_pos"]) / (MAX_SPEED * dt) * gain
-        dyaw = wrap_angle(yaw - float(st["target_yaw"][0])) / (MAX_YAW_RATE * dt)
+        # Like an operator on a laggy robot, move more gently under action latency (a dead-beat
+        # P-controller with one period of delay overshoots and oscillates).
+        lag = LATENCY_GAIN if robot.dr.latency_steps > 0 else 1.0
+        dxyz = (np.asarray(target) - st["ee_pos"]) / (MAX_SPEED * dt) * gain * lag
+        dyaw = wrap_angle(yaw - float(st["target_yaw"][0])) / (MAX_YAW_RATE * dt) * lag
         out = np.array([*dxyz, dyaw, grip], dtype=float)
         return np.clip(out, -1.0, 1.0)
 

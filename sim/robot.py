@@ -44,6 +44,7 @@ IK_EVERY = 8  # physics substeps between IK updates inside one control period
 ACTION_NAMES = ("x", "y", "z", "yaw", "gripper")
 CAMERAS = ("front", "wrist")
 TEXTURES = 3
+ARM_DAMPING_PER_SCALE = 2.0  # extra arm joint damping per unit of damping scale above 1 (domain randomization)
 
 
 class SimRobot:
@@ -245,8 +246,11 @@ class SimRobot:
                     o.body, -1, mass=o.mass * dr.mass_scale, lateralFriction=o.friction * dr.friction_scale,
                     linearDamping=0.04 * dr.damping_scale, angularDamping=0.04 * dr.damping_scale, physicsClientId=c,
                 )
+        # The URDF's arm joints have zero damping, so a scale alone would do nothing: scales above 1 add
+        # joint damping (N m s/rad) on top of the nominal value, scales below 1 only thin the objects' damping.
+        extra = ARM_DAMPING_PER_SCALE * max(0.0, dr.damping_scale - 1.0)
         for j, d in zip(ARM_JOINTS, self.nominal_damping, strict=True):
-            p.changeDynamics(self.panda, j, jointDamping=d * dr.damping_scale, physicsClientId=c)
+            p.changeDynamics(self.panda, j, jointDamping=d + extra, physicsClientId=c)
 
     # ---------------------------------------------------------------- acting
     def act(self, action: np.ndarray) -> None:

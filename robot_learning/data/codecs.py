@@ -11,6 +11,7 @@ A chunk holds whole frames (``(k, H, W, 3)`` uint8, RGB). Frames are stacked ver
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,6 +58,13 @@ class JpegCodec(ArrayBytesCodec):
             raise ValueError(f"JPEG codec needs (T, H, W, 3) arrays, got shape {shape}")
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
+        # OpenCV releases the GIL: chunks of one write are encoded in parallel on a multi-core machine
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         frames = np.ascontiguousarray(chunk_array.as_numpy_array(), dtype=np.uint8)
         k, h, w, c = frames.shape
         # RGB -> BGR (OpenCV's order) with cvtColor: a numpy [..., ::-1] copy costs 40x more
@@ -66,7 +74,7 @@ class JpegCodec(ArrayBytesCodec):
             raise RuntimeError("OpenCV failed to JPEG-encode a chunk")
         return chunk_spec.prototype.buffer.from_bytes(encoded.tobytes())
 
-    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         raw = np.frombuffer(chunk_bytes.to_bytes(), dtype=np.uint8)
         picture = cv2.imdecode(raw, cv2.IMREAD_COLOR)
         if picture is None:

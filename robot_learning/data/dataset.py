@@ -13,6 +13,8 @@ from tqdm import tqdm
 from robot_learning.data.sampler import build_windows, window_rows
 from robot_learning.data.store import IMAGE_PREFIX, EpisodeInfo, EpisodeStore
 
+_from_numpy = torch.from_numpy
+
 
 def _select(
     store: EpisodeStore, success: bool | None, source: str | Sequence[str] | None,
@@ -128,6 +130,7 @@ class WindowDataset(torch.utils.data.Dataset):
         # (key, RAM array or None = read from the store, row matrix); "__action__" marks the action
         self._plan = [(k, self._ram.get(k), self._rows[self.key_horizons[k]]) for k in self.obs_keys]
         self._plan.append(("__action__", self._ram[action_key], self._rows[self.key_horizons[action_key]]))
+        self._all_in_ram = all(data is not None for _k, data, _r in self._plan)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -166,7 +169,10 @@ class WindowDataset(torch.utils.data.Dataset):
         return out
 
     def _single(self, i: int) -> dict[str, Any]:
-        # the hot path of training: no per-key lookups beyond the precomputed plan
+        if self._all_in_ram:  # the hot path: one gather and one tensor per key, nothing else
+            take, act_data, act_rows = _from_numpy, self._plan[-1][1], self._plan[-1][2]
+            return {"obs": {k: take(d.take(r[i], axis=0)) for k, d, r in self._plan[:-1]},
+                    "action": take(act_data.take(act_rows[i], axis=0))}
         obs = {}
         action = None
         for key, data, rows in self._plan:

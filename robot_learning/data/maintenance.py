@@ -19,8 +19,8 @@ from robot_learning.data.store import (
     STAMP_PREFIX,
     EpisodeStore,
     StoreError,
-    _is_url,
-    _local_path,
+    is_url,
+    local_path,
 )
 from robot_learning.stats import format_rate
 
@@ -51,9 +51,9 @@ def _array_names(store: EpisodeStore) -> dict[str, int]:
 
 def _partial_files(store: EpisodeStore) -> list[Path]:
     """Temp files a killed local writer can leave (zarr writes to *.partial then renames)."""
-    if _is_url(store.uri):
+    if is_url(store.uri):
         return []
-    return sorted(_local_path(store.uri).rglob("*.partial"))
+    return sorted(local_path(store.uri).rglob("*.partial"))
 
 
 def _present_chunks(store: EpisodeStore, name: str) -> set[int]:

@@ -27,102 +27,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
-import math
 import os
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous
 import zarr.storage
-from zarr.codecs import BloscCodec
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from robot_learning.data.codecs import JpegCodec
-
-SCHEMA_VERSION = 1
-SOURCES = ("teleop", "policy", "intervention", "scripted")
-STEP_STAMPED = ("action", "reward", "done", "terminal", "intervention")
-IMAGE_PREFIX = "camera_"
-IMAGE_CODECS = ("jpeg", "lossless")
-STAMP_PREFIX = "stamp/"
-LOWDIM_CHUNK_ROWS = 1024
-STAMP_CHUNK_ROWS = 4096
-FLUSH_STEPS = 64
-FLUSH_BYTES = 64 << 20
-
-
-class StoreError(Exception):
-    """Bad input or a damaged/missing store; the message names the key, step or episode."""
-
-
-@dataclass
-class EpisodeMeta:
-    """Per-episode metadata stored in the episode table."""
-
-    task: str = ""
-    source: str = "scripted"
-    operator: str = ""
-    policy_id: str = ""
-    instruction: str = ""
-    rates: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raise StoreError on a bad field."""
-        if self.source not in SOURCES:
-            raise StoreError(f"EpisodeMeta.source must be one of {SOURCES}, got {self.source!r}")
-        for name in ("task", "operator", "policy_id", "instruction"):
-            if not isinstance(getattr(self, name), str):
-                raise StoreError(f"EpisodeMeta.{name} must be a string")
-        for stream, rate in self.rates.items():
-            if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
-                raise StoreError(f"EpisodeMeta.rates[{stream!r}] must be a positive number, got {rate!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> EpisodeMeta:
-        """Inverse of to_dict (unknown fields are ignored)."""
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: copy.deepcopy(v) for k, v in d.items() if k in names})
-
-
-@dataclass(frozen=True)
-class EpisodeInfo:
-    """One committed episode: its rows [start, end) in ``data/*`` and its metadata."""
-
-    index: int
-    start: int
-    end: int
-    length: int
-    meta: EpisodeMeta
-    success: bool
-    start_time: float
-    duration: float
-    uid: str
-    streams: dict[str, tuple[int, int]]
-
-
-def _is_url(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def _local_path(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
-
-
-def _empty_index() -> dict[str, Any]:
-    return {"generation": 0, "data_end": 0, "stream_ends": {}, "episodes": []}
+from robot_learning.data.layout import (  # noqa: F401  (constants re-exported for callers)
+    FLUSH_BYTES,
+    FLUSH_STEPS,
+    IMAGE_CODECS,
+    IMAGE_PREFIX,
+    SCHEMA_VERSION,
+    SOURCES,
+    STAMP_PREFIX,
+    STEP_STAMPED,
+    EpisodeInfo,
+    EpisodeMeta,
+    StoreError,
+    array_path,
+    create_step_arrays,
+    create_store,
+    create_stream_arrays,
+    empty_index,
+    episode_info,
+    is_url,
+    local_path,
+    probe,
+    read_attrs,
+)
+from robot_learning.data.writer import EpisodeWriter
 
 
 class EpisodeStore:
@@ -135,7 +73,7 @@ class EpisodeStore:
         self._arrays: dict[str, zarr.Array] = {}
         self._writer: EpisodeWriter | None = None
         self._lock_file: Any = None
-        attrs = _read_attrs(zstore, "")
+        attrs = read_attrs(zstore, "")
         self.config: dict[str, Any] = dict(attrs["robot_learning_store"])  # type: ignore[arg-type]
         self._schema: dict[str, Any] = dict(attrs.get("schema") or {})  # type: ignore[arg-type]
         self.refresh()
@@ -160,23 +98,24 @@ class EpisodeStore:
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         if image_codec is not None and image_codec not in IMAGE_CODECS:
             raise ValueError(f"image_codec must be one of {IMAGE_CODECS}, got {image_codec!r}")
-        if _is_url(uri):
+        if is_url(uri):
             zstore = zarr.storage.FsspecStore.from_url(
                 uri, storage_options=storage_options, read_only=(mode == "r"))
         else:
-            path = _local_path(uri)
+            path = local_path(uri)
             if mode == "r" and not path.exists():
                 raise StoreError(f"{uri}: no such store (path does not exist)")
             if mode != "r" and path.exists() and not path.is_dir():
                 raise StoreError(f"{uri}: is a file, not an episode store")
             zstore = zarr.storage.LocalStore(path, read_only=(mode == "r"))
-        state = _probe(zstore)
+        state = probe(zstore)
         if state == "foreign" and mode == "w":
             raise StoreError(f"{uri}: refusing to overwrite something that is not an episode store")
         if state == "foreign" or (state != "store" and mode == "r"):
             raise StoreError(f"{uri}: not an episode store (no robot_learning_store attributes in zarr.json)")
         if mode == "w" or state in ("empty", "foreign-empty"):
-            _create(zstore, image_codec or "jpeg", jpeg_quality)
+            with _overwrite_guard(uri, state):
+                create_store(zstore, image_codec or "jpeg", jpeg_quality)
         return cls(uri, zstore, read_only=(mode == "r"))
 
     # ---------------------------------------------------------------- index
@@ -185,8 +124,8 @@ class EpisodeStore:
 
         Opened arrays are kept (reads past a cached shape reopen the array), so a refresh costs two
         small reads, which matters on S3."""
-        self._index = dict(_read_attrs(self._zstore, "meta").get("index") or _empty_index())
-        schema = dict(_read_attrs(self._zstore, "").get("schema") or {})
+        self._index = dict(read_attrs(self._zstore, "meta").get("index") or empty_index())
+        schema = dict(read_attrs(self._zstore, "").get("schema") or {})
         if schema != self._schema:
             self._arrays.clear()
         self._schema = schema
@@ -241,7 +180,7 @@ class EpisodeStore:
         tasks = {task} if isinstance(task, str) else (set(task) if task is not None else None)
         out = []
         for i, e in enumerate(self._index["episodes"]):
-            info = _info(i, e)
+            info = episode_info(i, e)
             if success is not None and info.success != bool(success):
                 continue
             if sources is not None and info.meta.source not in sources:
@@ -256,7 +195,7 @@ class EpisodeStore:
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"episode {i} out of range: store {self.uri} has {n} episodes")
-        return _info(i % n, self._index["episodes"][i])
+        return episode_info(i % n, self._index["episodes"][i])
 
     # ---------------------------------------------------------------- reading
     def array(self, name: str) -> zarr.Array:
@@ -306,7 +245,7 @@ class EpisodeStore:
 
     def read_rows(self, key: str, start: int, end: int) -> np.ndarray:
         """Rows [start, end) of data/<key> (or of stamps/<k> for key "stamp/<k>")."""
-        return self.read_many([(_array_path(key), start, end)])[0]
+        return self.read_many([(array_path(key), start, end)])[0]
 
     def read_episode(self, i: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Arrays of episode ``i`` plus "stamp/step" and "stamp/<key>" for each stamped key read."""
@@ -325,7 +264,7 @@ class EpisodeStore:
             if key in stamps:
                 out_keys.append(STAMP_PREFIX + key)
         out_keys = list(dict.fromkeys([*out_keys, STAMP_PREFIX + "step"]))
-        arrays = self.read_many([(_array_path(k), info.start, info.end) for k in out_keys])
+        arrays = self.read_many([(array_path(k), info.start, info.end) for k in out_keys])
         return dict(zip(out_keys, arrays, strict=True))
 
     def read_stream(self, i: int, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -340,8 +279,6 @@ class EpisodeStore:
     # ---------------------------------------------------------------- writing
     def begin_episode(self, meta: EpisodeMeta) -> EpisodeWriter:
         """Start one episode; it is invisible to readers until ``commit``."""
-        from robot_learning.data.writer import EpisodeWriter
-
         if self.read_only:
             raise StoreError(f"{self.uri}: opened read-only (mode='r')")
         if self._writer is not None:
@@ -436,11 +373,11 @@ class EpisodeStore:
     def _acquire_lock(self) -> None:
         """One writer at a time. Local stores: an flock, released by the kernel if the writer dies.
         Remote stores have no lock primitive; one writer per store is the caller's responsibility."""
-        if _is_url(self.uri):
+        if is_url(self.uri):
             return
         import fcntl
 
-        f = open(_local_path(self.uri) / ".writer.lock", "a+")  # noqa: SIM115 (held until release)
+        f = open(local_path(self.uri) / ".writer.lock", "a+")  # noqa: SIM115 (held until release)
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -466,30 +403,11 @@ class EpisodeStore:
 
     def _create_arrays(self, schema: dict[str, Any]) -> None:
         """Create data/ and stamps/ arrays for a new schema (only while no episode is committed)."""
-        for group in ("data", "stamps"):
-            zarr.create_group(self._zstore, path=group, overwrite=True)
-        for key, spec in schema["keys"].items():
-            shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
-            if spec["kind"] == "image":
-                kw = _image_codec_kwargs(self.config)
-                chunks = (1, *shape)  # one frame per chunk: a window read touches only its frames
-            else:
-                kw = {"compressors": BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")}
-                chunks = (LOWDIM_CHUNK_ROWS, *shape)
-            zarr.create_array(self._zstore, name=f"data/{key}", shape=(0, *shape), chunks=chunks,
-                              dtype=dtype, fill_value=0, **kw)
-        for key in schema["stamps"]:
-            zarr.create_array(self._zstore, name=f"stamps/{key}", shape=(0,), chunks=(STAMP_CHUNK_ROWS,),
-                              dtype=np.float64, fill_value=0.0, compressors=BloscCodec(cname="zstd", clevel=3))
+        create_step_arrays(self._zstore, self.config, schema)
         self._set_schema(dict(schema, streams={}))
 
     def _create_stream(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        zarr.create_array(self._zstore, name=f"streams/{name}/values", shape=(0, *shape),
-                          chunks=(STAMP_CHUNK_ROWS, *shape), dtype=dtype, fill_value=0, overwrite=True,
-                          compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"))
-        zarr.create_array(self._zstore, name=f"streams/{name}/stamps", shape=(0,), chunks=(STAMP_CHUNK_ROWS,),
-                          dtype=np.float64, fill_value=0.0, overwrite=True,
-                          compressors=BloscCodec(cname="zstd", clevel=3))
+        create_stream_arrays(self._zstore, name, shape, dtype)
         streams = dict(self._schema.get("streams", {}))
         streams[name] = {"shape": list(shape), "dtype": np.dtype(dtype).str}
         self._set_schema(dict(self._schema, streams=streams))
@@ -516,66 +434,21 @@ class EpisodeStore:
         return f"EpisodeStore({self.uri!r}, episodes={len(self)}, codec={self.image_codec})"
 
 
-def _info(i: int, e: Mapping[str, Any]) -> EpisodeInfo:
-    return EpisodeInfo(
-        index=i, start=int(e["start"]), end=int(e["end"]), length=int(e["end"]) - int(e["start"]),
-        meta=EpisodeMeta.from_dict(e["meta"]), success=bool(e["success"]),
-        start_time=float(e["start_time"]), duration=float(e["duration"]), uid=str(e["uid"]),
-        streams={k: (int(v[0]), int(v[1])) for k, v in e.get("streams", {}).items()},
-    )
 
+@contextlib.contextmanager
+def _overwrite_guard(uri: str, state: str) -> Iterator[None]:
+    """mode 'w' on a local store that a live writer holds is refused instead of wiping its episode."""
+    if state != "store" or is_url(uri):
+        yield
+        return
+    import fcntl
 
-def _array_path(key: str) -> str:
-    """Zarr path of a per-step key ("joint_pos") or of its stamps ("stamp/joint_pos")."""
-    return f"stamps/{key[len(STAMP_PREFIX):]}" if key.startswith(STAMP_PREFIX) else f"data/{key}"
+    with open(local_path(uri) / ".writer.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            raise StoreError(f"{uri}: another writer holds the store; not overwriting it") from exc
+        yield
 
-
-def _read_attrs(zstore: zarr.abc.store.Store, path: str) -> dict[str, Any]:
-    """Attributes of the group at ``path``, read straight from its zarr.json: one GET on S3."""
-    key = f"{path}/zarr.json" if path else "zarr.json"
-    buf = sync(zstore.get(key, default_buffer_prototype()))
-    if buf is None:
-        raise StoreError(f"{key} is missing: not an episode store, or a damaged one")
-    return dict(json.loads(buf.to_bytes()).get("attributes") or {})
-
-
-def _image_codec_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    if config["image_codec"] == "jpeg":
-        return {"serializer": JpegCodec(quality=int(config.get("jpeg_quality", 90))), "compressors": None}
-    # Lossless: zstd level 1 inside blosc; byte shuffle does nothing for uint8, so it is off.
-    return {"compressors": BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle", typesize=1)}
-
-
-def _probe(zstore: zarr.abc.store.Store) -> str:
-    """'store', 'empty' (nothing there), 'foreign-empty' (an empty zarr group) or 'foreign'."""
-    try:
-        root = zarr.open_group(zstore, mode="r", zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
-        async def _any_key() -> bool:
-            async for _ in zstore.list():
-                return True
-            return False
-
-        return "foreign" if sync(_any_key()) else "empty"
-    except (ValueError, KeyError, TypeError):
-        return "foreign"
-    if "robot_learning_store" in root.attrs:
-        return "store"
-    return "foreign" if list(root.keys()) or root.attrs.asdict() else "foreign-empty"
-
-
-def _create(zstore: zarr.abc.store.Store, image_codec: str, jpeg_quality: int) -> None:
-    root = zarr.create_group(zstore, overwrite=True, attributes={
-        "robot_learning_store": {"schema_version": SCHEMA_VERSION, "image_codec": image_codec,
-                                 "jpeg_quality": int(jpeg_quality), "created": time.time(),
-                                 "created_by": f"robot_learning {uuid.uuid4().hex[:8]}"},
-        "schema": {},
-    })
-    root.create_group("meta", attributes={"index": _empty_index()})
-    zarr.create_array(zstore, name="meta/episode_ends", shape=(0,), chunks=(65536,), dtype=np.int64,
-                      fill_value=0)
-
-
-from robot_learning.data.writer import EpisodeWriter  # noqa: E402  (re-export; writer imports this module)
 
 __all__ = ["EpisodeStore", "EpisodeMeta", "EpisodeInfo", "EpisodeWriter", "StoreError", "SOURCES"]

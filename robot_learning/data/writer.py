@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from zarr.core.sync import sync
 
-from robot_learning.data.store import (
+from robot_learning.data.layout import (
     FLUSH_BYTES,
     FLUSH_STEPS,
     IMAGE_PREFIX,
@@ -187,17 +187,17 @@ class EpisodeWriter:
         self._store._release_lock()
 
     def _establish_schema(self, data: Mapping[str, Any], stamps: Mapping[str, float]) -> None:
-        """The store's first episode fixes keys/shapes/dtypes; later ones must match them."""
+        """The store's first episode fixes keys/shapes/dtypes; later ones must match them.
+
+        Until a row is committed the arrays are (re)created at every first step, so a first episode
+        that was discarded, or a writer killed while creating the arrays, leaves nothing to trip over."""
         store = self._store
         if store.keys and store.data_end > 0:
             return
         keys = {k: _infer_spec(k, v) for k, v in data.items()}
         stamped = ["step"] + [k for k in keys if k not in STEP_STAMPED]
         stamped += [k for k in STEP_STAMPED if k in keys and k in stamps]
-        schema = {"keys": keys, "stamps": stamped}
-        current = {"keys": store._schema.get("keys"), "stamps": store._schema.get("stamps")}
-        if current != schema:
-            store._create_arrays(schema)
+        store._create_arrays({"keys": keys, "stamps": stamped})
 
     def _convert(self, key: str, value: Any, shape: tuple[int, ...], dtype: np.dtype, step: int) -> np.ndarray:
         arr = np.asarray(value)

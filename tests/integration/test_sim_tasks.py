@@ -35,6 +35,19 @@ def test_expert_solves_task_through_robot_interface(task) -> None:
     assert all(results), f"{task}: expert failed on seeds {[s for s, ok in zip((11, 12), results, strict=True) if not ok]}"
 
 
+@pytest.mark.parametrize("task", ["push", "stack"])
+def test_expert_copes_with_held_out_real_preset(task) -> None:
+    """Latency, heavier objects and lower friction: the expert adapts its gains and still succeeds."""
+    robot = make_robot(task, render=False, dr="real")
+    expert = make_expert(task, quality=1.0)
+    try:
+        assert robot.dr.latency_steps == 1
+        results = [_rollout(robot, expert, seed, robot.task.max_steps)[1] for seed in (500, 501)]
+    finally:
+        robot.close()
+    assert all(results)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_gym_wrapper_runs_task(task) -> None:
     env = make_env(task, cameras=("front",), image_size=24)

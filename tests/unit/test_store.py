@@ -145,7 +145,10 @@ def test_second_writer_is_refused(store, tmp_path):
     w = store.begin_episode(EpisodeMeta(task="lift"))
     with pytest.raises(StoreError, match="another writer"):
         other.begin_episode(EpisodeMeta(task="lift"))
+    with pytest.raises(StoreError, match="not overwriting"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="w")
     w.discard()
+    assert len(EpisodeStore.open(tmp_path / "s.zarr", mode="r")) == 3
     other.begin_episode(EpisodeMeta(task="lift")).discard()
 
 
