@@ -7,8 +7,9 @@ steps. Every other stream is sampled at each step time by its header stamp:
 - ``nearest``: the sample whose stamp is closest to the step time (sensors). Alignment error is
   ``|stamp - step time|``; a step waits until a later sample proves nothing closer can come, and is
   dropped (counted in ``missing_steps``) if the closest sample is more than half a period away.
-- ``next``: the first sample after the step time, within 1.5 control periods (commands: the action
-  sent in response to the observation of this step). Unstamped messages carry their receive time.
+- ``next``: the first sample after the step time that no earlier step used, within 1.5 control
+  periods (commands: the action sent in response to the observation of this step, which under load
+  may arrive after the next observation). Unstamped messages carry their receive time.
 - ``latest``: the newest sample at or before the step time (flags such as ``/intervention``).
 
 Bad samples (NaN, wrong size or encoding, missing or out-of-order stamps) are rejected with a
@@ -242,6 +243,7 @@ class EpisodeAligner:
         self.steps_out = 0
         self._due: float | None = None
         self._last_values: dict[str, tuple[float, dict[str, np.ndarray]]] = {}
+        self._consumed: dict[str, float] = {}  # next-mode streams: stamp of the last sample a step used
 
     # ---------------------------------------------------------------- input
     def add(self, name: str, stamp: float | None, values: dict[str, np.ndarray], recv_time: float) -> None:
@@ -310,8 +312,7 @@ class EpisodeAligner:
         """Steps whose every stream is resolved by ``now`` (receive clock), in order."""
         out = []
         while self.pending:
-            t_next = self.pending[1] if len(self.pending) > 1 else math.inf
-            step = self._resolve(self.pending[0], t_next, now, final=False)
+            step = self._resolve(self.pending[0], now, final=False)
             if step is None:
                 break
             self.pending.popleft()
@@ -324,15 +325,15 @@ class EpisodeAligner:
         """Resolve every pending step with what has arrived (episode end); unresolvable steps are dropped."""
         out = []
         while self.pending:
-            t = self.pending.popleft()
-            step = self._resolve(t, self.pending[0] if self.pending else math.inf, math.inf, final=True)
+            step = self._resolve(self.pending.popleft(), math.inf, final=True)
             if step is not None and step is not _DROPPED:
                 out.append(step)
         return out
 
-    def _resolve(self, t: float, t_next: float, now: float, final: bool) -> Step | None | Any:
+    def _resolve(self, t: float, now: float, final: bool) -> Step | None | Any:
         final = final or now > t + self.max_wait_s
         picks: dict[str, tuple[float, dict[str, np.ndarray]]] = {}
+        missing: list[str] = []
         for name, stream in self.streams.items():
             buf = self.samples[name]
             if stream.mode == "nearest":
@@ -340,30 +341,39 @@ class EpisodeAligner:
                 if i == len(buf.stamps) and not final:
                     return None  # something closer may still come
                 cands = [j for j in (i - 1, i) if 0 <= j < len(buf.stamps)]
-                if not cands:
-                    return self._drop(name)
-                j = min(cands, key=lambda j: abs(buf.stamps[j] - t))
-                if abs(buf.stamps[j] - t) > self.max_align_err_s:
-                    return self._drop(name)
-                picks[name] = (buf.stamps[j], buf.values[j])
+                j = min(cands, key=lambda j: abs(buf.stamps[j] - t)) if cands else -1
+                if j < 0 or abs(buf.stamps[j] - t) > self.max_align_err_s:
+                    missing.append(name)
+                else:
+                    picks[name] = (buf.stamps[j], buf.values[j])
             elif stream.mode == "next":
-                window = min(t + 1.5 * self.period, t_next)  # a response belongs to one step only
-                i = bisect.bisect_right(buf.stamps, t)
+                # The first response after the step that no earlier step used: under load a response
+                # can arrive after the next observation and still belongs to this one.
+                window = t + 1.5 * self.period
+                i = bisect.bisect_right(buf.stamps, max(t, self._consumed.get(name, -math.inf)))
                 if i == len(buf.stamps) or buf.stamps[i] > window:
                     if not final and now <= window:
                         return None
-                    return self._drop(name)
-                picks[name] = (buf.stamps[i], buf.values[i])
+                    missing.append(name)
+                else:
+                    picks[name] = (buf.stamps[i], buf.values[i])
             else:  # latest
                 if not final and now < t:
                     return None
                 i = bisect.bisect_right(buf.stamps, t) - 1
-                if i < 0:
-                    if stream.type == "bool":  # a flag never raised is False
-                        picks[name] = (t, {stream.name: np.array(False)})
-                        continue
-                    return self._drop(name)
-                picks[name] = (buf.stamps[i], buf.values[i])
+                if i >= 0:
+                    picks[name] = (buf.stamps[i], buf.values[i])
+                elif stream.type == "bool":  # a flag never raised is False
+                    picks[name] = (t, {stream.name: np.array(False)})
+                else:
+                    missing.append(name)
+        for name, (stamp, _v) in picks.items():
+            if self.streams[name].mode == "next":
+                self._consumed[name] = stamp  # used by this step, even if the step is dropped
+        if missing:
+            for name in missing:
+                self.stats[name].missing_steps += 1
+            return _DROPPED
         step = Step(t=t, data={}, stamps={"step": t})
         for name, (stamp, values) in picks.items():
             st = self.stats[name]
@@ -377,10 +387,6 @@ class EpisodeAligner:
                 step.stamps[key] = stamp
         self.steps_out += 1
         return step
-
-    def _drop(self, name: str) -> Any:
-        self.stats[name].missing_steps += 1
-        return _DROPPED
 
     def _prune(self) -> None:
         # Keep samples that a pending (or the next) step could still pick: one second before it.

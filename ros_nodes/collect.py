@@ -68,7 +68,7 @@ class CollectConfig:
     robot: RobotConfig = field(default_factory=RobotConfig)
     teleop: TeleopConfig = field(default_factory=TeleopConfig)
     recorder: RecorderConfig = field(default_factory=RecorderConfig)
-    task: str = "lift"
+    task: dict[str, Any] = field(default_factory=dict)  # the shared task group (configs/task/<name>.yaml)
     episodes: int = 20
     store: str = "data/collect.zarr"
     operator: str = ""
@@ -121,15 +121,15 @@ def node_params(cfg: CollectConfig) -> dict[str, dict[str, Any]]:
     params = {
         "recorder": {
             "store": cfg.store, "streams": [s.to_param() for s in cfg.all_streams()], "clock": cfg.recorder.clock,
-            "control_hz": cfg.robot.control_hz, "task": cfg.task, "source": source, "operator": cfg.operator,
+            "control_hz": cfg.robot.control_hz, "task": cfg.robot.task, "source": source, "operator": cfg.operator,
             "max_wait_s": cfg.recorder.max_wait_s, "image_codec": cfg.recorder.image_codec,
         },
-        "teleop": {"mode": cfg.teleop.mode, "task": cfg.task, "quality": cfg.teleop.quality,
+        "teleop": {"mode": cfg.teleop.mode, "task": cfg.robot.task, "quality": cfg.teleop.quality,
                    "seed": cfg.teleop.seed, "control_hz": cfg.robot.control_hz},
     }
     if cfg.robot.kind == "sim":
         params["sim_robot"] = {
-            "task": cfg.task, "cameras": list(cfg.robot.cameras), "image_size": cfg.robot.image_size,
+            "task": cfg.robot.task, "cameras": list(cfg.robot.cameras), "image_size": cfg.robot.image_size,
             "control_hz": cfg.robot.control_hz, "dr": cfg.robot.dr, "seed": cfg.robot.seed,
             "task_flags": list(cfg.robot.task_flags) or [""], "autostart": False,
         }
@@ -259,6 +259,9 @@ def run_collection(cfg: CollectConfig, progress: bool = True) -> list[dict[str, 
             for _ in range(cfg.episodes):
                 summary = conductor.episode(cfg.max_steps, cfg.success_hold_steps, alive)
                 results.append(summary)
+                if not summary["committed"]:
+                    bar.write(f"episode {len(results) - 1} not committed: {summary.get('error', '?')} "
+                              f"(node logs in {log_dir})", file=sys.stderr)
                 bar.update(1)
                 bar.set_postfix(steps=summary.get("steps"), success=summary["success"])
         bar.close()

@@ -68,7 +68,10 @@ def load_configs(overrides: list[str]) -> tuple[DeployRunConfig, DeployConfig, A
 
     from robot_learning.config import compose, to_dataclass
 
-    cfg = compose("deploy", overrides)
+    try:
+        cfg = compose("deploy", overrides)
+    except Exception as exc:  # Hydra raises several types for bad overrides; all mean "bad config"
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
     node_cfg = load_deploy_config(cfg.deploy)
     rest = OmegaConf.create({k: v for k, v in cfg.items() if k != "deploy"})
     run_cfg = to_dataclass(rest, DeployRunConfig, where="deploy run")
@@ -149,9 +152,13 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
     from ros_nodes.common import NodeProcess
 
     r = run_cfg.robot
+    # The episodes depend on sim_robot's reset service. rclpy 7.1.6's experimental EventsExecutor (the
+    # default of ros_nodes.common.run_node_main) never answered a service call here (measured, even in a
+    # two-node script), so sim_robot runs on the single-threaded executor unless the user chose one.
+    sim_env = {"RLSTACK_ROS_EXECUTOR": "single", **env}
     sim = NodeProcess("ros_nodes.sim_robot", {"task": run_cfg.task, "cameras": list(r.cameras),
                                               "image_size": r.image_size, "control_hz": r.control_hz, "dr": r.dr,
-                                              "seed": r.seed}, env=env, log_path=log_dir / "sim_robot.log")
+                                              "seed": r.seed}, env=sim_env, log_path=log_dir / "sim_robot.log")
     policy = NodeProcess("ros_nodes.policy_node", {"config_json": json.dumps(asdict(node_cfg))}, env=env,
                          log_path=log_dir / "policy_node.log")
     os.environ.update(env)  # this process joins the same loopback domain
@@ -237,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
         node_cfg.policy.kind()
     except ValueError as exc:
         print(f"rlstack deploy: {exc}", file=sys.stderr)
+        print("policy sources: deploy.policy.checkpoint=<file> | deploy.policy.server=ws://host:port | "
+              "deploy.policy.scripted=expert:<task>; every key: rlstack deploy --print-config "
+              "deploy.policy.scripted=expert:lift", file=sys.stderr)
         return 2
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for bag in tqdm(args.bags, desc="bags", unit="bag", disable=len(args.bags) < 2):
             try:
-                r = import_bag(bag, store, streams, clock, control_hz, task=cfg.task, source=args.source,
+                r = import_bag(bag, store, streams, clock, control_hz, task=cfg.robot.task, source=args.source,
                                operator=args.operator, success_topic=args.success_topic, success=args.success)
             except (ValueError, FileNotFoundError) as exc:
                 print(f"import-bag: {exc}", file=sys.stderr)

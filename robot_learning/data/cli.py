@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Callable
@@ -87,10 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if module_name is None:
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if importlib.util.find_spec(module_name) is None:
-            p.set_defaults(_unavailable=f"'{name}' is not available: module {module_name} is missing")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # e.g. an optional dependency missing: the other commands still work
+            p.set_defaults(_unavailable=f"'{name}' is not available: {exc}")
             continue
-        importlib.import_module(module_name).add_arguments(p)
+        module.add_arguments(p)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -62,6 +62,10 @@ class EpisodeMeta:
         for stream, rate in self.rates.items():
             if not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
                 raise StoreError(f"EpisodeMeta.rates[{stream!r}] must be a positive number, got {rate!r}")
+        try:
+            json.dumps(self.tags, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"EpisodeMeta.tags must be plain JSON values (str, int, float, bool, list, dict): {exc}") from exc
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""

@@ -10,8 +10,10 @@ Layout (``schema_version`` 1)::
     meta/zarr.json            attrs "index": the episode table -- THE COMMIT POINT
     meta/episode_ends         int64 mirror of the committed episode ends (diffusion_policy style)
 
-Crash safety: rows are written past the committed end (``index.data_end``) first, then the index is
-written in one piece (zarr writes a metadata document with one atomic ``os.replace`` locally and one
+Crash safety: growing a zarr array rewrites its zarr.json separately from its chunks, array by array,
+so array shapes (and an ``episode_ends`` array resized before or after the data) are never a safe
+commit record. Here rows are written past the committed end (``index.data_end``) first, then the index
+is written in one piece (zarr writes a metadata document with one atomic ``os.replace`` locally and one
 PUT on S3). Readers only trust the index, so an episode is visible exactly when its index write lands;
 a writer killed at any instant leaves every committed row untouched (appends only write rows past
 ``data_end``; a rewritten partial low-dim chunk is replaced atomically with identical committed bytes).
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -75,6 +78,9 @@ class EpisodeStore:
         self._lock_file: Any = None
         attrs = read_attrs(zstore, "")
         self.config: dict[str, Any] = dict(attrs["robot_learning_store"])  # type: ignore[arg-type]
+        if self.config.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{uri}: store schema version {self.config.get('schema_version')}; "
+                             f"this code reads version {SCHEMA_VERSION}")
         self._schema: dict[str, Any] = dict(attrs.get("schema") or {})  # type: ignore[arg-type]
         self.refresh()
 
@@ -135,11 +141,15 @@ class EpisodeStore:
         index = dict(index, generation=int(self._index.get("generation", 0)) + 1)
         zarr.open_group(self._zstore, path="meta", mode="r+", zarr_format=3).attrs.put({"index": index})
         self._index = index
-        ends = np.asarray([e["end"] for e in index["episodes"]], dtype=np.int64)
-        mirror = self.array("meta/episode_ends")
-        mirror.resize((len(ends),))
-        if len(ends):
-            mirror[:] = ends
+        try:  # the mirror is a convenience copy: failing it must not report a landed commit as failed
+            ends = np.asarray([e["end"] for e in index["episodes"]], dtype=np.int64)
+            mirror = self.array("meta/episode_ends")
+            mirror.resize((len(ends),))
+            if len(ends):
+                mirror[:] = ends
+        except Exception as exc:  # noqa: BLE001
+            warnings.warn(f"{self.uri}: episode committed, but meta/episode_ends was not updated ({exc}); "
+                          "`rlstack data repair` rewrites it", stacklevel=3)
 
     def __len__(self) -> int:
         return len(self._index["episodes"])

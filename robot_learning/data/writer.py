@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import math
 import time
 import uuid
@@ -51,7 +50,6 @@ class EpisodeWriter:
     flush_steps = FLUSH_STEPS  # buffered steps are written out past the committed end this often
 
     def __init__(self, store: EpisodeStore, meta: EpisodeMeta) -> None:
-        json.dumps(meta.to_dict())  # fail now, not at commit, if tags are not JSON-able
         self._store = store
         self.meta = meta
         self._start_row = store.data_end
@@ -66,6 +64,8 @@ class EpisodeWriter:
         self._first_stamp = math.nan
         self._last_stamp = -math.inf
         self.start_time = time.time()  # wall clock at the first step; merge/import may set it
+        self._keys: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._stamped: list[str] = []
         self._open = True
 
     def __len__(self) -> int:
@@ -78,7 +78,8 @@ class EpisodeWriter:
         step = self._n
         if step == 0:
             self._establish_schema(data, stamps)
-        keys = self._store.keys
+            self._keys, self._stamped = self._store.keys, self._store.stamp_keys
+        keys = self._keys
         missing = sorted(set(keys) - set(data))
         extra = sorted(set(data) - set(keys))
         if missing or extra:
@@ -212,8 +213,8 @@ class EpisodeWriter:
         return arr
 
     def _check_stamps(self, stamps: Mapping[str, float], step: int) -> dict[str, float]:
-        stamped = self._store.stamp_keys
-        unknown = sorted(set(stamps) - set(self._store.keys) - {"step"})
+        stamped = self._stamped
+        unknown = sorted(set(stamps) - set(self._keys) - {"step"})
         if unknown:
             raise StoreError(f"step {step}: stamps for unknown stream(s) {unknown}")
         if "step" not in stamps:

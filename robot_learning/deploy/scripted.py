@@ -16,45 +16,38 @@ import numpy as np
 from robot_learning.policies.base import Policy, PolicySpec
 
 PRIVILEGED_KEY = "privileged_state"
-STEPS_SEGMENT = "steps"  # the sim_robot node appends the control-step counter to the privileged state
 
 
-def privileged_layout(task: str) -> dict[str, int]:
-    """Segment sizes of the sim_robot node's privileged-state vector for ``task``."""
+def privileged_layout(task: str, task_flags: tuple[str, ...] = ()) -> dict[str, int]:
+    """Segment sizes of the sim_robot node's privileged-state vector for ``task``.
+
+    Computed with the node's own (plain-Python) ``SimRobotLoop.privileged`` so it always matches
+    what the node publishes (robot state, step counter, task flags, scalar randomization values).
+    """
+    from ros_nodes.sim_robot import SimRobotLoop
     from sim import make_robot
 
     robot = make_robot(task=task, cameras=(), render=False)
     try:
-        robot.reset(seed=0)
-        layout = {k: int(np.size(v)) for k, v in robot.privileged().items()}
+        loop = SimRobotLoop(robot, task_flags=task_flags)
+        loop.reset()
+        return {k: int(np.size(v)) for k, v in loop.privileged().items()}
     finally:
         robot.close()
-    layout[STEPS_SEGMENT] = 1
-    return layout
-
-
-class _PrivilegedView:
-    """The slice of the SimRobot API the scripted experts read, rebuilt from one observation."""
-
-    def __init__(self, state: dict[str, np.ndarray], steps: int, control_hz: float) -> None:
-        self._state = state
-        self.steps = steps
-        self.control_hz = control_hz
-
-    def privileged(self) -> dict[str, np.ndarray]:
-        return self._state
 
 
 class ExpertPolicy(Policy):
     """The sim's scripted expert as a policy over the ``privileged_state`` observation."""
 
     def __init__(self, task: str = "lift", control_hz: float = 10.0, quality: float = 1.0, seed: int = 0,
-                 layout: dict[str, int] | None = None) -> None:
+                 task_flags: tuple[str, ...] = (), layout: dict[str, int] | None = None) -> None:
+        from ros_nodes.teleop import PrivilegedView
         from sim import make_expert
 
         self.task = task
-        self.layout = dict(layout or privileged_layout(task))
+        self.layout = dict(layout or privileged_layout(task, task_flags))
         self.expert = make_expert(task, quality=quality, seed=seed)
+        self.view = PrivilegedView(control_hz)  # the SimRobot API the expert reads, from one observation
         size = sum(self.layout.values())
         self.spec = PolicySpec(obs_shapes={PRIVILEGED_KEY: (size,)}, action_dim=5, n_obs_steps=1, horizon=2,
                                n_action_steps=1, control_hz=control_hz, action_mode="ee_delta")
@@ -69,15 +62,15 @@ class ExpertPolicy(Policy):
         """The expert's action for the newest observation, held for the chunk."""
         self.spec.check_obs_history(obs_history)
         flat = np.asarray(obs_history[PRIVILEGED_KEY][-1], dtype=np.float64)
-        state, offset = {}, 0
+        segments, offset = {}, 0
         for key, n in self.layout.items():
-            state[key] = flat[offset: offset + n].astype(np.float32)
+            segments[key] = flat[offset: offset + n]
             offset += n
-        steps = int(state.pop(STEPS_SEGMENT)[0])
-        if steps < self._last_steps:  # the sim was reset under us: start the phase machine over
+        self.view.update(segments)
+        if self.view.steps < self._last_steps:  # the sim was reset under us: start the phase machine over
             self.expert.reset()
-        self._last_steps = steps
-        action = self.expert.act(_PrivilegedView(state, steps, self.spec.control_hz))
+        self._last_steps = self.view.steps
+        action = self.expert.act(self.view)
         return np.repeat(np.asarray(action, dtype=np.float32)[None], self.spec.horizon, axis=0)
 
 

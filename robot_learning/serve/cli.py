@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,20 +24,27 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from robot_learning.serve.server import PolicyServer
 
-    if args.scripted:
-        from robot_learning.deploy.scripted import make_scripted
+    try:
+        if args.scripted:
+            from robot_learning.deploy.scripted import make_scripted
 
-        policy = make_scripted(args.scripted, control_hz=args.control_hz)
-        name = args.scripted
-    else:
-        from robot_learning.policies.checkpoint import load_policy
+            policy = make_scripted(args.scripted, control_hz=args.control_hz)
+            name = args.scripted
+        else:
+            from robot_learning.policies.checkpoint import load_policy
 
-        policy = load_policy(args.checkpoint, device=args.device, num_inference_steps=args.num_inference_steps)
-        name = str(args.checkpoint)
+            policy = load_policy(args.checkpoint, device=args.device, num_inference_steps=args.num_inference_steps)
+            name = str(args.checkpoint)
+    except (OSError, ValueError) as exc:
+        print(f"rlstack serve: cannot load the policy: {exc}", file=sys.stderr)
+        return 2
     server = PolicyServer(policy, host=args.host, port=args.port, name=name)
-    print(f"serving {name} spec={policy.spec.to_dict()}", flush=True)
+    print(f"serving {name} on ws://{args.host}:{args.port} spec={policy.spec.to_dict()}", flush=True)
     try:
         server.serve_forever()
+    except OSError as exc:  # port in use, address not available
+        print(f"rlstack serve: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
     return 0

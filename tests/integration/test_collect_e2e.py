@@ -45,12 +45,14 @@ def test_collect_expert_episodes_into_store(ros_env, tmp_path) -> None:
             assert err.max() < half_period, f"{cam}: alignment error {err.max() * 1e3:.1f} ms"
         # each recorded action is the teleop's response to that step's observation
         assert np.all(ep["stamp/action"] > step_t)
-        assert np.all(ep["stamp/action"][:-1] <= step_t[1:])  # ... and not to a later one
+        assert np.all(np.diff(ep["stamp/action"]) > 0)  # ... each action used by one step only
+        assert np.all(ep["stamp/action"] - step_t < 1.5 / cfg.robot.control_hz)
         assert np.all(np.abs(ep["action"]) <= 1.0) and not ep["intervention"].any()
         # the lift succeeded: the gripper ends closed on the cube, raised above its start
         assert ep["ee_pose"][-1, 2] > ep["ee_pose"][0, 2] - 0.2
         for name, stats in r["streams"].items():
             assert stats["dropped"] == 0, (name, stats)
-            assert stats["missing_steps"] == 0, (name, stats)
+            # a step is dropped only if the teleop's answer took over 1.5 periods (a loaded machine)
+            assert stats["missing_steps"] <= 1, (name, stats)
             if stats["received"] and name != "intervention":
                 assert stats["align_err_max_ms"] < 1e3 * half_period, (name, stats)

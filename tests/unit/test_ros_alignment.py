@@ -64,15 +64,19 @@ def test_steps_follow_control_clock_and_pick_nearest() -> None:
     assert summary["camera_front"]["dropped"] == 0 and summary["camera_front"]["gaps"] == 0
 
 
-def test_step_without_action_response_is_dropped_and_counted() -> None:
+def test_late_action_still_pairs_with_its_step_and_a_missing_one_drops_the_step() -> None:
     al = EpisodeAligner(streams(), clock="joint", control_hz=10.0)
-    for k in range(3):
-        al.add("joint", T0 + k / 10, joint(k), T0 + k / 10)
-        al.add("camera_front", T0 + k / 10, image(k), T0 + k / 10)
-        if k != 1:  # the teleop skipped step 1
-            al.add("action", None, {"action": np.full(5, k, np.float32)}, T0 + k / 10 + 0.01)
+    lat = {0: 0.01, 1: 0.13, 2: 0.01, 3: None, 4: 0.01}  # step 1's answer comes after obs 2; step 3 gets none
+    events = []
+    for k in range(5):
+        events += [(T0 + k / 10, "joint", joint(k)), (T0 + k / 10, "camera_front", image(k))]
+        if lat[k] is not None:
+            events.append((T0 + k / 10 + lat[k], "action", {"action": np.full(5, k, np.float32)}))
+    for t, name, values in sorted(events, key=lambda e: e[0]):
+        al.add(name, None if name == "action" else t, values, t)
     steps = al.flush()
-    assert [s.data["action"][0] for s in steps] == [0, 2]
+    assert [int(s.data["joint_pos"][0]) for s in steps] == [0, 1, 2, 4]
+    assert [int(s.data["action"][0]) for s in steps] == [0, 1, 2, 4]  # each action used once, in order
     assert al.stats["action"].missing_steps == 1
 
 

@@ -102,6 +102,8 @@ def test_bad_meta_and_empty_commit(store):
         store.begin_episode(EpisodeMeta(task="lift", source="dream"))
     with pytest.raises(StoreError, match=r"rates\['cam'\]"):
         store.begin_episode(EpisodeMeta(task="lift", rates={"cam": -1.0}))
+    with pytest.raises(StoreError, match="tags must be plain JSON"):
+        store.begin_episode(EpisodeMeta(task="lift", tags={"seed": object()}))
     w = store.begin_episode(EpisodeMeta(task="lift"))
     with pytest.raises(StoreError, match="already being written"):
         store.begin_episode(EpisodeMeta(task="lift"))
@@ -195,3 +197,10 @@ def test_jpeg_codec_roundtrip(tmp_path):
     assert frame.shape == ref.shape
     assert np.abs(frame.astype(int) - ref).mean() < 6  # lossy but close
     assert EpisodeStore.open(tmp_path / "j.zarr", mode="a", image_codec="lossless").image_codec == "jpeg"
+
+
+def test_newer_schema_version_is_refused(store, tmp_path):
+    root = zarr.open_group(tmp_path / "s.zarr", mode="r+")
+    root.attrs["robot_learning_store"] = dict(root.attrs["robot_learning_store"], schema_version=99)
+    with pytest.raises(StoreError, match="schema version 99; this code reads version 1"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="r")
