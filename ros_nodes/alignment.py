@@ -9,7 +9,9 @@ steps. Every other stream is sampled at each step time by its header stamp:
   dropped (counted in ``missing_steps``) if the closest sample is more than half a period away.
 - ``next``: the first sample after the step time that no earlier step used, within 1.5 control
   periods (commands: the action sent in response to the observation of this step, which under load
-  may arrive after the next observation). Unstamped messages carry their receive time.
+  may arrive after the next observation). Unstamped messages carry their receive time. Timing
+  cannot tell a skipped answer from a late one: after a skip, one step takes the following answer
+  and the episode loses one step (counted in ``missing_steps``).
 - ``latest``: the newest sample at or before the step time (flags such as ``/intervention``).
 
 Bad samples (NaN, wrong size or encoding, missing or out-of-order stamps) are rejected with a

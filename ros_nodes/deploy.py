@@ -152,10 +152,10 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
     from ros_nodes.common import NodeProcess
 
     r = run_cfg.robot
-    # The episodes depend on sim_robot's reset service. rclpy 7.1.6's experimental EventsExecutor (the
-    # default of ros_nodes.common.run_node_main) never answered a service call here (measured, even in a
-    # two-node script), so sim_robot runs on the single-threaded executor unless the user chose one.
-    sim_env = {"RLSTACK_ROS_EXECUTOR": "single", **env}
+    # The episodes depend on sim_robot's reset service, and rclpy 7.1.6's experimental EventsExecutor
+    # (opt-in via RLSTACK_ROS_EXECUTOR=events) never answered a service call here (measured, even in a
+    # two-node script): sim_robot always runs on the single-threaded executor in this runner.
+    sim_env = {**env, "RLSTACK_ROS_EXECUTOR": "single"}
     sim = NodeProcess("ros_nodes.sim_robot", {"task": run_cfg.task, "cameras": list(r.cameras),
                                               "image_size": r.image_size, "control_hz": r.control_hz, "dr": r.dr,
                                               "seed": r.seed}, env=sim_env, log_path=log_dir / "sim_robot.log")

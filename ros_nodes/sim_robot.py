@@ -59,6 +59,11 @@ class SimRobotLoop:
         self._pending, self._last, self._fresh = None, None, True
         return self.seed
 
+    def warm_up(self) -> None:
+        """A valid scene to publish before the first reset, without using up an episode seed."""
+        self.robot.reset(self.base_seed)
+        self._pending, self._last, self._fresh = None, None, True
+
     def _hold_action(self) -> np.ndarray:
         # Without a fresh command the robot holds still: zero motion, gripper command unchanged.
         hold = np.zeros(self.robot.spec.action_dim, dtype=np.float32)
@@ -163,7 +168,7 @@ def make_node(robot: Any | None = None) -> Any:
             self.create_subscription(Bool, TOPICS.estop, self._on_estop, latched_qos())
             self.create_service(Trigger, TOPICS.sim_reset, self._on_reset)
             self.create_service(SetBool, TOPICS.sim_enable, self._on_enable)
-            self.loop.reset()
+            self.loop.warm_up()  # the first /sim_robot/reset then starts episode 0 with seed `seed`
             self.timer = self.create_timer(1.0 / p["control_hz"], self._tick)
             self.get_logger().info(
                 f"sim_robot: task={p['task']} cameras={p['cameras']} {p['image_size']}px @ {p['control_hz']} Hz, "

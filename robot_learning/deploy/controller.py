@@ -151,7 +151,8 @@ class PolicyController:
                 source = "human"
                 if proposal is None:  # hold, and say why in the operator's terms
                     decision = self.safety.filter(None, now, stamps, joint_pos=joints)
-                    decision.reasons = ["no_action: no fresh operator command on the takeover topic"]
+                    if decision.reasons[0].startswith("no_action"):
+                        decision.reasons = ["no_action: no fresh operator command on the takeover topic"]
                     result = TickResult(decision.action, "hold", decision.status, decision.reasons)
                     self.last_tick, self.last_problem = result, decision.reasons[0]
                     return result

@@ -22,6 +22,7 @@ def test_collect_expert_episodes_into_store(ros_env, tmp_path) -> None:
     ])
     results = run_collection(cfg, progress=False)
     assert len(results) == EPISODES
+    assert [r["seed"] for r in results] == list(range(EPISODES))  # robot.seed=0, one seed per episode
 
     store = EpisodeStore.open(store_path, mode="r")
     assert len(store) == EPISODES

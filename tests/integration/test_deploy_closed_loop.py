@@ -214,7 +214,10 @@ def test_rlstack_deploy_runs_sim_episodes_and_reports_a_rate(ros_env: Any, tmp_p
            f"domain_id={ros_env.domain_id}", f"log_dir={tmp_path}"]
     out = subprocess.run(cmd, env=ros_env.env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "deploy lift: success " in out.stdout and "Wilson 95% CI" in out.stdout and "seeds 1001-1002" in out.stdout
     report = json.loads((tmp_path / "deploy_report.json").read_text())
+    seeds = report["seeds"]  # as sim_robot's reset service assigned them, from robot.seed on
+    assert len(seeds) == 2 and seeds[1] == seeds[0] + 1 and seeds[0] >= 1000
+    assert f"deploy lift: success {report['rate']}" in out.stdout
+    assert "Wilson 95% CI" in report["rate"] and f"seeds {seeds[0]}-{seeds[1]}" in report["rate"]
     assert report["episodes"] == 2 and report["successes"] >= 1  # the clean expert solves lift
     assert report["diagnostics"]["inference_errors"] == 0

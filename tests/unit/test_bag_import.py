@@ -106,3 +106,16 @@ def test_import_bag_rejects_wrong_topic_type(tmp_path) -> None:
     with pytest.raises(ValueError, match="/joint_states has type sensor_msgs/msg/JointState"):
         bag_import.import_bag(bag, store, wrong, "joint", 10.0)
     assert len(store) == 0
+
+
+def test_rlstack_data_import_bag_dispatches_here(tmp_path, capsys) -> None:
+    from robot_learning.cli import main
+
+    bag = tmp_path / "m"
+    write_bag(bag, "mcap", seconds=1.0)
+    store = tmp_path / "cli.zarr"
+    specs = [s.to_param() for s in STREAMS]
+    rc = main(["data", "import-bag", str(bag), "--store", str(store), "--success-topic", "/sim/success", "--clock",
+               "joint", "--control-hz", "10"] + [x for s in specs for x in ("--stream", s)])
+    assert rc == 0, capsys.readouterr()
+    assert "episode 0, 10 steps, success=True" in capsys.readouterr().out

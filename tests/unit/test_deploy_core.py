@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -188,23 +189,56 @@ def run_controller(ctrl: PolicyController, seconds: float, feed: bool = True) ->
     return results
 
 
-def test_controller_streams_policy_actions_without_blocking_on_slow_inference() -> None:
+class GatedPolicy(StepPolicy):
+    """StepPolicy whose inference does not return until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        self.started.set()
+        assert self.gate.wait(10)
+        return super().predict_chunk(obs_history)
+
+
+def test_ticks_never_wait_for_inference_in_flight() -> None:
+    policy = GatedPolicy()
+    ctrl = PolicyController(policy, SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]))
+    ctrl.start()
+    try:
+        now = time.time()
+        ctrl.on_observation("x", np.zeros(2, np.float32), now)
+        assert policy.started.wait(5)
+        # inference is stuck inside the policy: every tick still answers at once, with a safe hold
+        held = [ctrl.tick(now + 0.01 * k) for k in range(5)]
+        assert all(r.status == "hold" and r.reasons[0].startswith("no_action") for r in held)
+        policy.gate.set()
+        deadline = time.time() + 5
+        while time.time() < deadline and ctrl.scheduler.stats.chunks == 0:
+            time.sleep(0.01)
+        t = time.time()
+        r = ctrl.tick(t)
+        due = int(np.floor((t - now) / 0.05 + 0.5))  # the chunk's action i is due at now + i * dt
+        assert r.source == "policy" and r.action.tolist() == pytest.approx([0.01 * due] * 2)
+    finally:
+        policy.gate.set()
+        ctrl.stop()
+
+
+def test_controller_streams_policy_actions_and_drops_late_ones() -> None:
     policy = StepPolicy(delay_s=0.12)  # longer than two control periods
     ctrl = PolicyController(policy, SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]))
     ctrl.start()
     try:
-        t0 = time.perf_counter()
         results = run_controller(ctrl, 1.0)
-        elapsed = time.perf_counter() - t0
     finally:
         ctrl.stop()
-    assert elapsed < 1.3  # ticks were never stuck behind inference
     sources = [r.source for r in results]
     assert sources[0] == "hold" and "policy" in sources
-    assert sum(s == "policy" for s in sources[len(sources) // 2:]) >= 0.8 * (len(sources) - len(sources) // 2)
     d = ctrl.diagnostics()
     assert d["chunks"] >= 2 and d["late_dropped_actions"] >= 2  # 0.12 s latency drops >= 2 actions per chunk
-    assert d["inference_p50_ms"] >= 100
 
 
 def test_controller_holds_on_nan_policy_and_on_watchdog_and_reports_why() -> None:
@@ -240,6 +274,9 @@ def test_controller_yields_to_operator_and_forwards_in_forward_mode() -> None:
     ctrl.set_operator_action(np.array([0.3, -0.2]), now)
     r = ctrl.tick(now)
     assert r.source == "human" and r.action.tolist() == [0.3, -0.2]
+    ctrl.on_observation("x", np.zeros(2, np.float32), now + 1.0)
+    r = ctrl.tick(now + 1.0)  # the operator's last command is 1 s old: hold, and say so
+    assert r.source == "hold" and "no fresh operator command" in r.reasons[0] and r.action.tolist() == [0, 0]
     ctrl_y = PolicyController(StepPolicy(), SafetyConfig(hold_keep_dims=[]), takeover="yield")
     ctrl_y.set_intervention(True)
     r = ctrl_y.tick()

@@ -111,3 +111,20 @@ def test_cli_commands(path, tmp_path, capsys):
     assert "episode 7 out of range" in capsys.readouterr().err
     assert rlstack(["data", "export-video", str(path), "0", "--camera", "side"]) == 2
     assert "no camera 'camera_side'" in capsys.readouterr().err
+
+
+def test_writer_killed_while_creating_first_arrays(tmp_path):
+    import shutil
+
+    p = tmp_path / "first.zarr"
+    store = EpisodeStore.open(p, mode="w")
+    w = store.begin_episode(EpisodeMeta(task="lift"))
+    w.append(synthetic_step(np.random.default_rng(0), 0), {"step": 0.0, "camera_front": 0.0, "joint_pos": 0.0,
+                                                           "joint_vel": 0.0, "ee_pose": 0.0, "gripper": 0.0})
+    store._release_lock()  # "killed" ...
+    shutil.rmtree(p / "data" / "ee_pose")  # ... before every array of the first episode existed
+    store = EpisodeStore.open(p, mode="a")
+    report = validate(store, deep=True)
+    assert report.ok and any("data/ee_pose is missing" in w for w in report.warnings)
+    write_episode(store, np.random.default_rng(1), 3)  # the next writer recreates the arrays
+    assert validate(store, deep=True).ok and len(store) == 1
