@@ -73,7 +73,8 @@ def load_configs(overrides: list[str]) -> tuple[DeployRunConfig, DeployConfig, A
     except Exception as exc:  # Hydra raises several types for bad overrides; all mean "bad config"
         raise ValueError(f"{type(exc).__name__}: {exc}") from exc
     node_cfg = load_deploy_config(cfg.deploy)
-    rest = OmegaConf.create({k: v for k, v in cfg.items() if k != "deploy"})
+    # The task group carries the sim settings (already interpolated into robot.*); the run needs its name.
+    rest = OmegaConf.create({k: (v.name if k == "task" else v) for k, v in cfg.items() if k != "deploy"})
     run_cfg = to_dataclass(rest, DeployRunConfig, where="deploy run")
     return run_cfg, node_cfg, cfg
 
