@@ -48,6 +48,8 @@ def main() -> int:
     parser.add_argument("--steps", nargs="+", type=int, default=[1500, 2400], help="training steps per policy")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--collect", nargs="*", default=[], metavar="RUN_DIR",
+                        help="also report these finished run folders (e.g. a run resumed with more steps)")
     args = parser.parse_args()
     from benchmarks._table import markdown_table, write_section
     from robot_learning.eval.report import EvalReport
@@ -57,8 +59,12 @@ def main() -> int:
     if not store.exists():
         _run([RLSTACK, "sim", "demos", "--task", args.task, "--episodes", str(args.demos), "--out", str(store), *task_over])
     rows = []
-    for name, steps in zip(args.policies, args.steps, strict=False):
-        out = ROOT / "runs" / f"{args.task}{args.image_size}_{name}"
+    runs = [(name, steps, ROOT / "runs" / f"{args.task}{args.image_size}_{name}")
+            for name, steps in zip(args.policies, args.steps, strict=False)]
+    for folder in args.collect:
+        ckpt = torch.load(Path(folder) / "checkpoints" / "latest.pt", weights_only=True)
+        runs.append((ckpt["policy_type"], int(ckpt["train_state"]["step"]), Path(folder).resolve()))
+    for name, steps, out in runs:
         if not _finished(out, steps):
             _run([RLSTACK, "train", *POLICIES[name], f"task={args.task}", f"task.image_size={args.image_size}",
                   "train=cpu_lift", f"train.steps={steps}", f"data.store={store}", f"out_dir={out}"])

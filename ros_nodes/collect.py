@@ -164,18 +164,15 @@ class Conductor:
 
     def call(self, name: str, data: bool | None = None) -> Any:
         """Call a Trigger (or SetBool when ``data`` is given) service and return its response."""
-        import rclpy
+        from ros_nodes.common import call_service
 
         srv_type = self.Trigger if data is None else self.SetBool
         client = self.clients.get(name) or self.clients.setdefault(name, self.node.create_client(srv_type, name))
-        if not client.wait_for_service(timeout_sec=self.timeout_s):
-            raise RuntimeError(f"service {name} not available after {self.timeout_s:.0f} s (did the node start? see its log)")
         req = srv_type.Request() if data is None else srv_type.Request(data=data)
-        future = client.call_async(req)
-        rclpy.spin_until_future_complete(self.node, future, timeout_sec=self.timeout_s)
-        if future.result() is None:
-            raise RuntimeError(f"service {name} did not answer within {self.timeout_s:.0f} s")
-        return future.result()
+        try:
+            return call_service(client, req, self.timeout_s, node=self.node)
+        except TimeoutError as exc:
+            raise RuntimeError(f"{exc} (did the node start? see its log)") from exc
 
     def spin_for(self, seconds: float) -> None:
         """Process callbacks for ``seconds``."""

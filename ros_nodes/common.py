@@ -405,6 +405,35 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
 
+def call_service(client: Any, request: Any, timeout_s: float, node: Any = None, attempt_s: float = 5.0) -> Any:
+    """Call a service and return its response, re-sending the request until it is answered.
+
+    Why re-send: ``wait_for_service`` is satisfied by any server in the graph, including one of a
+    process that was just killed (its registration lingers until its DDS lease expires), while this
+    client's request writer may not have matched the live server yet; a volatile request sent in that
+    window is never delivered. Use it for requests whose servers check their state (start/stop/reset).
+    With ``node`` given, spins it while waiting; otherwise another thread must be spinning the client.
+    """
+    import rclpy
+
+    end = time.monotonic() + timeout_s
+    if not client.wait_for_service(timeout_sec=timeout_s):
+        raise TimeoutError(f"service {client.srv_name} not available after {timeout_s:.0f} s (is its node running?)")
+    while True:
+        future = client.call_async(request)
+        attempt_end = min(end, time.monotonic() + attempt_s)
+        while not future.done() and time.monotonic() < attempt_end:
+            if node is not None:
+                rclpy.spin_once(node, timeout_sec=0.05)
+            else:
+                time.sleep(0.01)
+        if future.done():
+            return future.result()
+        client.remove_pending_request(future)
+        if time.monotonic() >= end:
+            raise TimeoutError(f"service {client.srv_name} did not answer within {timeout_s:.0f} s")
+
+
 def make_executor() -> Any:
     """rclpy's single-threaded executor; ``RLSTACK_ROS_EXECUTOR=events`` opts into the C++ EventsExecutor.
 

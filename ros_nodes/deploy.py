@@ -115,15 +115,15 @@ class EpisodeDriver:
 
     def call(self, client: Any, timeout: float) -> str:
         """Call a Trigger service; RuntimeError naming it if it does not answer or fails."""
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise RuntimeError(f"service {client.srv_name} not available after {timeout} s")
-        future = client.call_async(self._trigger.Request())
-        end = time.time() + timeout
-        while not future.done() and time.time() < end:
-            time.sleep(0.01)
-        if not future.done() or not future.result().success:
-            raise RuntimeError(f"service {client.srv_name} failed: {future.result() if future.done() else 'timeout'}")
-        return future.result().message
+        from ros_nodes.common import call_service
+
+        try:
+            result = call_service(client, self._trigger.Request(), timeout)
+        except TimeoutError as exc:
+            raise RuntimeError(str(exc)) from exc
+        if not result.success:
+            raise RuntimeError(f"service {client.srv_name} failed: {result.message}")
+        return result.message
 
     def run_episode(self, max_steps: int, timeout: float) -> tuple[bool, int, int]:
         """Reset both nodes, run until success or ``max_steps``; return (success, steps, seed)."""

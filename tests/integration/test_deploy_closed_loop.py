@@ -100,13 +100,9 @@ class Probe:
     def call(self, client: Any, timeout: float = 10.0) -> Any:
         from std_srvs.srv import Trigger
 
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(Trigger.Request())
-        end = time.time() + timeout
-        while not future.done() and time.time() < end:
-            time.sleep(0.02)
-        assert future.done(), f"service {client.srv_name} did not answer"
-        return future.result()
+        from ros_nodes.common import call_service
+
+        return call_service(client, Trigger.Request(), timeout)
 
     def sources_since(self, t: float) -> list[str]:
         with self.lock:

@@ -56,12 +56,10 @@ class Driver:
         from std_srvs.srv import SetBool, Trigger
 
         srv = Trigger if data is None else SetBool
+        from ros_nodes.common import call_service
+
         client = self.node.create_client(srv, name)
-        assert client.wait_for_service(timeout_sec=timeout), f"{name} not available"
-        future = client.call_async(srv.Request() if data is None else srv.Request(data=data))
-        self.rclpy.spin_until_future_complete(self.node, future, timeout_sec=timeout)
-        assert future.result() is not None, f"{name} did not answer"
-        return future.result()
+        return call_service(client, srv.Request() if data is None else srv.Request(data=data), timeout, node=self.node)
 
     def run(self, seconds: float, camera: bool = True, bad: dict | None = None) -> None:
         """Publish joints and camera at 20 Hz, an action every 100 ms; inject ``bad`` once."""
