@@ -453,16 +453,16 @@ def make_executor() -> Any:
     return SingleThreadedExecutor()
 
 
-def run_node_main(node_factory: Any, argv: Sequence[str] | None = None) -> int:
+def run_node_main(node_factory: Any, argv: Sequence[str] | None = None, executor_factory: Any = None) -> int:
     """Init rclpy with ``argv``, spin the node built by ``node_factory()`` until Ctrl-C, shut down cleanly."""
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=list(sys.argv if argv is None else argv))
     node = None
+    executor = (executor_factory or make_executor)()
     try:
         node = node_factory()
-        executor = make_executor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -473,6 +473,7 @@ def run_node_main(node_factory: Any, argv: Sequence[str] | None = None) -> int:
             if close is not None:
                 close()
             node.destroy_node()
+        executor.shutdown()
         if rclpy.ok():
             rclpy.try_shutdown()
     return 0

@@ -261,27 +261,12 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
 
 
 def run_node(argv: Sequence[str] | None = None, cfg: DeployConfig | None = None) -> int:
-    """Init rclpy, spin the node on a multi-threaded executor until Ctrl-C, shut down cleanly."""
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    """Init rclpy, spin the node on a two-thread executor (control timer beside inference) until Ctrl-C."""
+    from rclpy.executors import MultiThreadedExecutor
 
-    rclpy.init(args=list(sys.argv if argv is None else argv))
-    node = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        node = make_node(cfg)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        executor.shutdown()
-        if rclpy.ok():
-            rclpy.try_shutdown()
-    return 0
+    from ros_nodes.common import run_node_main
+
+    return run_node_main(lambda: make_node(cfg), argv, executor_factory=lambda: MultiThreadedExecutor(num_threads=2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,6 +81,10 @@ class CheckpointAgentFactory:
         self.seed = seed
         self.inference = {k: v for k, v in inference.items() if v is not None}
 
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.inference.items())
+        return f"checkpoint {self.checkpoint} (device {self.device}, seed {self.seed}{extra})"
+
     def __call__(self) -> PolicyAgent:
         """Build one agent (called once per evaluation process)."""
         import torch
