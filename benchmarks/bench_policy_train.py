@@ -48,11 +48,13 @@ def main() -> int:
     parser.add_argument("--steps", nargs="+", type=int, default=[1500, 2400], help="training steps per policy")
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--procs", type=int, default=2)
+    parser.add_argument("--note", default="", help="extra sentence for the conditions paragraph")
     parser.add_argument("--collect", nargs="*", default=[], metavar="RUN_DIR",
                         help="also report these finished run folders (e.g. a run resumed with more steps)")
     args = parser.parse_args()
     from benchmarks._table import markdown_table, write_section
     from robot_learning.eval.report import EvalReport
+    from robot_learning.stats import format_rate
 
     task_over = [f"image_size={args.image_size}"]
     store = ROOT / "data" / f"{args.task}{args.image_size}.zarr"
@@ -78,7 +80,8 @@ def main() -> int:
         wall_min = ((out / "policy.pt").stat().st_mtime - (out / "config.yaml").stat().st_mtime) / 60
         params = sum(v.numel() for v in torch.load(out / "policy.pt", weights_only=True)["state_dict"].values())
         rows.append([args.task, name, f"{args.image_size} px x2 + proprio", args.demos, steps, f"{params / 1e6:.2f}",
-                     f"{wall_min:.0f}", report.summary(), f"{report.mean_length:.1f}"])
+                     f"{wall_min:.0f}", format_rate(report.successes, report.n_episodes, report.seeds),
+                     f"{report.mean_length:.1f}"])
         print(rows[-1], flush=True)
     body = markdown_table(
         ["task", "policy", "observations", "demos", "train steps (batch 32)", "params (M)", "train wall min",
@@ -88,7 +91,8 @@ def main() -> int:
         f"{os.getloadavg()[0]:.1f} at the end), one torch thread per run, diffusion and BC trained side by side. "
         "Camera resolution reduced from the sim default (96 px) so that a run fits in under an hour here; "
         "evaluation seeds 100000.. are disjoint from the demo seeds 0..99. Wall time excludes the ~1 min of "
-        f"data loading. Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
+        f"data loading and counts only the last invocation of a resumed run. {args.note} "
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     write_section(f"policy_train_{args.task}", f"Base policy training results: {args.task}", body,
                   f".venv/bin/python benchmarks/bench_policy_train.py --task {args.task} --image-size {args.image_size}")
