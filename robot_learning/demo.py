@@ -24,6 +24,7 @@ class DemoConfig:
     """``configs/demo.yaml``."""
 
     task: str = "lift"
+    image_size: int = 32
     demos: int = 30
     policy: str = "bc"
     train_steps: int = 1500
@@ -35,24 +36,31 @@ class DemoConfig:
     fresh: bool = True
 
 
+def demo_paths(cfg: DemoConfig) -> dict[str, Path]:
+    """Where each stage writes (all under ``cfg.out``)."""
+    out = Path(cfg.out)
+    return {"store": out / f"{cfg.task}.zarr", "run": out / f"run_{cfg.policy}", "eval": out / "eval",
+            "deploy_logs": out / "deploy_logs"}
+
+
 def stages(cfg: DemoConfig) -> list[tuple[str, list[str]]]:
     """The sub-command lines the demo runs, in order."""
-    out = Path(cfg.out)
-    store, run_dir = out / f"{cfg.task}.zarr", out / f"run_{cfg.policy}"
-    checkpoint = run_dir / "policy.pt"
+    paths = demo_paths(cfg)
+    store, checkpoint = paths["store"], paths["run"] / "policy.pt"
+    task = [f"task={cfg.task}", f"task.image_size={cfg.image_size}"]  # every stage sees the same cameras
     return [
         ("collect demonstrations over ROS 2",
-         ["collect", "robot=sim", "teleop=expert", f"task={cfg.task}", f"episodes={cfg.demos}", f"store={store}"]),
+         ["collect", "robot=sim", "teleop=expert", *task, f"episodes={cfg.demos}", f"store={store}"]),
         ("store summary", ["data", "info", str(store)]),
         ("train a base policy",
-         ["train", f"policy={cfg.policy}", f"task={cfg.task}", f"data.store={store}", f"out_dir={run_dir}",
+         ["train", f"policy={cfg.policy}", *task, f"data.store={store}", f"out_dir={paths['run']}",
           f"train.steps={cfg.train_steps}", f"train.batch_size={cfg.batch_size}"]),
         ("deploy it as a ROS 2 control node against the sim robot",
-         ["deploy", f"task={cfg.task}", f"deploy.policy.checkpoint={checkpoint}", f"episodes={cfg.deploy_episodes}",
-          f"log_dir={out / 'deploy_logs'}"]),
+         ["deploy", *task, f"deploy.policy.checkpoint={checkpoint}", f"episodes={cfg.deploy_episodes}",
+          f"log_dir={paths['deploy_logs']}"]),
         ("evaluate in sim",
-         ["eval", f"checkpoint={checkpoint}", f"task={cfg.task}", f"episodes={cfg.eval_episodes}",
-          f"procs={cfg.procs}", f"out={out / 'eval'}"]),
+         ["eval", f"checkpoint={checkpoint}", *task, f"episodes={cfg.eval_episodes}",
+          f"procs={cfg.procs}", f"out={paths['eval']}"]),
     ]
 
 
@@ -76,8 +84,10 @@ def run(args: argparse.Namespace) -> int:
         for title, argv in plan:
             print(f"# {title}\nrlstack {' '.join(argv)}")
         return 0
-    if cfg.fresh and Path(cfg.out).exists():
-        shutil.rmtree(cfg.out)
+    if cfg.fresh:  # remove only what the demo itself writes, never the rest of `out`
+        for path in demo_paths(cfg).values():
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(f"{demo_paths(cfg)['store']}.logs", ignore_errors=True)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     for i, (title, argv) in enumerate(plan, 1):
