@@ -25,12 +25,12 @@ class DemoConfig:
 
     task: str = "lift"
     image_size: int = 32
-    demos: int = 30
+    demos: int = 50
     policy: str = "bc"
-    train_steps: int = 1500
+    train_steps: int = 3000
     batch_size: int = 64
-    deploy_episodes: int = 3
-    eval_episodes: int = 20
+    deploy_episodes: int = 5
+    eval_episodes: int = 50
     procs: int = 2
     out: str = "data/demo"
     fresh: bool = True
