@@ -32,6 +32,18 @@ def machine_line() -> str:
     return f"_Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}._"
 
 
+def load_note(load_before: float | None = None) -> str:
+    """A sentence stating the measured machine load, so a figure is never labelled 'shared' or 'idle' by hand."""
+    import os
+
+    now = os.getloadavg()[0]
+    before = f"{load_before:.1f} at the start, " if load_before is not None else ""
+    busy = max(now, load_before or 0.0) > 0.5 * (os.cpu_count() or 1)
+    verdict = ("other work was running, so these figures are pessimistic and vary run to run" if busy
+               else "the machine was otherwise idle")
+    return f"1-min load average {before}{now:.1f} at the end on {os.cpu_count()} cores: {verdict}."
+
+
 def write_section(name: str, title: str, body: str, command: str) -> None:
     """Replace (or append) section ``name`` of benchmarks/README.md and print it."""
     section = f"<!-- BEGIN {name} -->\n## {title}\n\nReproduce: `{command}`\n\n{machine_line()}\n\n{body.strip()}\n<!-- END {name} -->"

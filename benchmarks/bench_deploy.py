@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._table import markdown_table, write_section  # noqa: E402
+from benchmarks._table import load_note, markdown_table, write_section  # noqa: E402
 from robot_learning.policies.base import Policy, PolicySpec  # noqa: E402
 
 HZ = 50.0
@@ -250,8 +250,7 @@ def main() -> int:
         f"\n\nControl loop: policy node in-process (rclpy, Fast DDS on loopback) for {args.seconds:.0f} s; observations "
         "from a separate process at 50 Hz. Server: `PolicyServer` in its own process, one sequential client "
         f"(`RemotePolicy`), {args.requests} requests per payload, a policy that returns at once.\n\n"
-        f"Machine load while it ran: 1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        f"({os.cpu_count()} cores).\n\n"
+        f"{load_note(load_before)}\n\n"
         "Known issue: on an idle machine this in-process loop shows stalls of ~200 ms at p99 (inference of a tiny "
         "MLP included) that a plain 50 Hz sleep loop in the same machine does not (p99 overshoot 0.2 ms); an earlier "
         "run under heavy load measured 49.9 Hz with p99 jitter 12.6 ms. The cause (GIL hand-over between the "

@@ -10,7 +10,6 @@ written), so the script can also collect runs that were started separately with 
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import subprocess
 import sys
@@ -52,7 +51,7 @@ def main() -> int:
     parser.add_argument("--collect", nargs="*", default=[], metavar="RUN_DIR",
                         help="also report these finished run folders (e.g. a run resumed with more steps)")
     args = parser.parse_args()
-    from benchmarks._table import markdown_table, write_section
+    from benchmarks._table import load_note, markdown_table, write_section
     from robot_learning.eval.report import EvalReport
     from robot_learning.stats import format_rate
 
@@ -87,8 +86,7 @@ def main() -> int:
         ["task", "policy", "observations", "demos", "train steps (batch 32)", "params (M)", "train wall min",
          "success (eval episodes, Wilson 95% CI, seeds)", "mean length"], rows,
     ) + (
-        "\n\nConditions: CPU only (no GPU), 2 cores shared with four other engineers' jobs (1-min load average "
-        f"{os.getloadavg()[0]:.1f} at the end), one torch thread per run, diffusion and BC trained side by side. "
+        f"\n\nConditions: CPU only (no GPU); {load_note()} One torch thread per run, diffusion and BC trained side by side. "
         "Camera resolution reduced from the sim default (96 px) so that a run fits in under an hour here; "
         "evaluation seeds 100000.. are disjoint from the demo seeds 0..99. Wall time excludes the ~1 min of "
         f"data loading and counts only the last invocation of a resumed run. {args.note} "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._table import markdown_table, write_section  # noqa: E402
+from benchmarks._table import load_note, markdown_table, write_section  # noqa: E402
 from robot_learning.eval.sim_eval import evaluate  # noqa: E402
 from robot_learning.stats import format_rate  # noqa: E402
 from sim import TASKS  # noqa: E402
@@ -89,9 +89,7 @@ def speed_and_experts(args: argparse.Namespace) -> None:
 
     body = (
         f"Control steps/s of the lift task driven by random actions (observation read every step; physics 240 Hz; "
-        f"ER_TINY_RENDERER with the low-poly Panda). **The machine was shared with four other engineers' jobs "
-        f"while this ran (1-min load average {load:.1f} on 2 cores at the start), so these speeds are lower "
-        f"bounds and noisy.**\n\n"
+        f"ER_TINY_RENDERER with the low-poly Panda). {load_note(load)}\n\n"
         + markdown_table(["control rate", "setting", "control steps/s"], speed_rows)
         + f"\n\nScripted-expert success at 10 Hz, {args.episodes} episodes per row (seeds 0-{args.episodes - 1}, "
         f"dr none, headless; Wilson 95 % CI). Quality 1.0 is the clean expert; lower quality adds action noise, "

@@ -18,14 +18,11 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import markdown_table, write_section  # noqa: E402
+from _table import load_note, markdown_table, write_section  # noqa: E402
 
 from robot_learning.data.dataset import WindowDataset  # noqa: E402
 from robot_learning.data.store import EpisodeMeta, EpisodeStore  # noqa: E402
 from robot_learning.data.synthetic import synthetic_step  # noqa: E402
-
-SHARED_NOTE = ("**The machine (2 cores) was shared with four other engineers' builds and tests while this ran**, "
-               "so figures are pessimistic and vary run to run.")
 
 
 def render_frames(n: int, width: int = 640, height: int = 480, seed: int = 0) -> list[np.ndarray]:
@@ -209,7 +206,7 @@ def main() -> int:
         "Layout choice for 500 Hz joints: control steps (30 Hz here) store the latest joint sample per step "
         "with its own capture stamp; the raw 500 Hz samples go to a high-rate stream (`streams/<name>`) with "
         "per-sample stamps, so nothing is resampled or thrown away.",
-        SHARED_NOTE,
+        load_note(),
     ])
     if args.no_write:
         print(body)

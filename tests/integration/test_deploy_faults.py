@@ -76,14 +76,19 @@ def test_server_dies_mid_episode_node_holds_and_reconnects(rclpy_context: Any, t
                        what="policy control after the server restart")
         probe.wait_for(lambda: probe.success, timeout=60, what="task success after the reconnect")
     finally:
-        node.stop()
-        sim.stop()
-        server.kill()
-        server.wait(10)
-        probe.close()
-        for log in tmp_path.glob("*.log"):
-            print(f"--- {log.name}\n{log.read_text()[-2000:]}")
+        _stop_all(tmp_path, probe, node, sim, server)
 
+
+
+def _stop_all(tmp_path: Path, probe: Any, node: Any, sim: Any, server: Any) -> None:
+    """Stop the graph and the server, then print every process log (shown by pytest on failure)."""
+    node.stop()
+    sim.stop()
+    server.kill()
+    server.wait(10)
+    probe.close()
+    for log in tmp_path.glob("*.log"):
+        print(f"--- {log.name}\n{log.read_text()[-2000:]}")
 
 class NaNEveryOtherChunk(Policy):
     """Wraps the scripted expert; every second chunk is NaN."""
@@ -203,10 +208,4 @@ def test_checkpoint_served_remotely_drives_the_sim_through_the_node(rclpy_contex
         actions = probe.actions_since(0)
         assert actions and all(np.all(np.isfinite(a)) and np.all(np.abs(a) <= 1.0) for a in actions)
     finally:
-        node.stop()
-        sim.stop()
-        server.kill()
-        server.wait(10)
-        probe.close()
-        for log in tmp_path.glob("*.log"):
-            print(f"--- {log.name}\n{log.read_text()[-2000:]}")
+        _stop_all(tmp_path, probe, node, sim, server)
