@@ -62,6 +62,7 @@ class TrainSection:
     device: str = "auto"  # auto | cpu | cuda | cuda:1 | mps
     amp: bool = True  # bf16 autocast, CUDA only
     threads: int = 0  # torch threads per process (0 = leave torch's default)
+    dist_timeout_s: float = 600.0  # a multi-process collective that waits longer than this fails instead of hanging
     stop_after: int = 0  # stop (as if killed) after this many steps of this invocation; 0 = off
 
 

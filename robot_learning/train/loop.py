@@ -15,6 +15,7 @@ weights as an uninterrupted run.
 from __future__ import annotations
 
 import csv
+import datetime
 import os
 import random
 import time
@@ -110,7 +111,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 class Distributed:
     """Process-group bookkeeping: a no-op for one process, gloo/nccl under ``torchrun``."""
 
-    def __init__(self, device_name: str) -> None:
+    def __init__(self, device_name: str, timeout_s: float = 600.0) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -119,7 +120,9 @@ class Distributed:
             self.device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            dist.init_process_group(
+                "nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
+            )
 
     @property
     def main(self) -> bool:
@@ -131,10 +134,15 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the process group."""
-        if self.world > 1 and dist.is_initialized():
+    def close(self, ok: bool) -> None:
+        """Leave the process group: all together after success; after an error, without waiting for the others."""
+        if self.world > 1 and dist.is_initialized() and ok:
+            # Every process reaches the barrier before any tears its connections down; destroying while a peer
+            # is still in a collective is a known gloo/nccl hang (pytorch#75097).
+            dist.barrier()
             dist.destroy_process_group()
+        # After an error the group is left to process exit: a collective teardown could wait on a peer that is
+        # itself stuck in a collective, and torchrun stops the other processes anyway.
 
 
 def _policy_spec(run: RunSection, store: Any) -> PolicySpec:
@@ -218,7 +226,8 @@ def train(cfg: DictConfig) -> Path:
     tcfg = run.train
     if tcfg.threads > 0:
         torch.set_num_threads(tcfg.threads)
-    ddp = Distributed(tcfg.device)
+    ddp = Distributed(tcfg.device, tcfg.dist_timeout_s)
+    ok = False
     out = Path(run.out_dir)
     try:
         store = EpisodeStore.open(run.data.store, mode="r")
@@ -363,9 +372,10 @@ def train(cfg: DictConfig) -> Path:
         bar.close()
         if writer is not None:
             writer.close()
+        ok = True
         return out / POLICY
     finally:
-        ddp.close()
+        ddp.close(ok)
 
 
 def _sampler_indices(sampler: StepBatches) -> Iterator[list[int]]:

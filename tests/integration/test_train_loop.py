@@ -112,7 +112,7 @@ def test_ddp_two_gloo_processes(toy_store, tmp_path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "robot_learning.train.cli", *TINY_BC, f"data.store={toy_store}", f"out_dir={out}",
-           "train.steps=6", "train.batch_size=4", "train.checkpoint_every=3"]
+           "train.steps=6", "train.batch_size=4", "train.checkpoint_every=3", "train.dist_timeout_s=60"]
     result = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     ckpt = torch.load(out / LATEST, weights_only=True)
