@@ -31,6 +31,7 @@ class EvalConfig:
     sampler: Optional[str] = None
     num_inference_steps: Optional[int] = None
     max_steps: Optional[int] = None
+    n_action_steps: Optional[int] = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Evaluate a policy checkpoint in sim: parallel processes, seeds seed..seed+episodes-1, a domain-"
         "randomization preset. Writes report.json (success, Wilson 95%% CI, episodes, seeds, lengths) and "
         "rollout videos to out (default <checkpoint dir>/eval_<task>_<dr>). Keys: checkpoint, task, episodes, "
-        "procs, dr, seed, videos, out, device, sampler, num_inference_steps, max_steps."
+        "procs, dr, seed, videos, out, device, sampler, num_inference_steps, max_steps, n_action_steps (actions executed per chunk before re-planning)."
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. checkpoint=runs/x/policy.pt task=lift")
 
@@ -64,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         ecfg.checkpoint, ecfg.task, n_episodes=ecfg.episodes, seed=ecfg.seed, n_procs=ecfg.procs, dr=ecfg.dr,
         video_dir=out if ecfg.videos > 0 else None, n_videos=ecfg.videos, device=ecfg.device,
         max_steps=ecfg.max_steps, sampler=ecfg.sampler, num_inference_steps=ecfg.num_inference_steps,
+        n_action_steps=ecfg.n_action_steps,
     )
     report.to_json(out / "report.json")
     print(f"{Path(ecfg.checkpoint)} on {task_name} (dr={ecfg.dr}): success {report.summary()}")

@@ -75,14 +75,18 @@ class PolicyAgent:
 class CheckpointAgentFactory:
     """Picklable zero-argument factory: loads the checkpoint in the worker process."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu", seed: int = 0, **inference: Any) -> None:
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", seed: int = 0, n_action_steps: int | None = None,
+                 **inference: Any) -> None:
         self.checkpoint = str(checkpoint)
         self.device = device
+        self.n_action_steps = n_action_steps
         self.seed = seed
         self.inference = {k: v for k, v in inference.items() if v is not None}
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v}" for k, v in self.inference.items())
+        if self.n_action_steps:
+            extra += f", n_action_steps={self.n_action_steps}"
         return f"checkpoint {self.checkpoint} (device {self.device}, seed {self.seed}{extra})"
 
     def __call__(self) -> PolicyAgent:
@@ -92,7 +96,8 @@ class CheckpointAgentFactory:
         from robot_learning.policies.checkpoint import load_policy
 
         torch.set_num_threads(1)  # evaluation runs one process per core
-        return PolicyAgent(load_policy(self.checkpoint, device=self.device, seed=self.seed, **self.inference))
+        policy = load_policy(self.checkpoint, device=self.device, seed=self.seed, **self.inference)
+        return PolicyAgent(policy, n_action_steps=self.n_action_steps)
 
 
 def check_policy_against_robot(policy_spec: PolicySpec, robot_spec: RobotSpec, where: str = "robot") -> None:
@@ -138,6 +143,7 @@ def evaluate_checkpoint(
     n_videos: int = 2,
     device: str = "cpu",
     max_steps: int | None = None,
+    n_action_steps: int | None = None,
     **inference: Any,
 ) -> Any:
     """Check the checkpoint against the sim robot, then run ``sim_eval.evaluate``; returns its EvalReport."""
@@ -153,7 +159,7 @@ def evaluate_checkpoint(
     finally:
         robot.close()
     return evaluate(
-        CheckpointAgentFactory(checkpoint, device=device, **inference),
+        CheckpointAgentFactory(checkpoint, device=device, n_action_steps=n_action_steps, **inference),
         task=name, n_episodes=n_episodes, seed=seed, n_procs=n_procs, dr=dr,
         video_dir=str(video_dir) if video_dir else None, n_videos=n_videos, robot_kwargs=robot_kwargs,
         max_steps=max_steps or task_max,
