@@ -7,7 +7,9 @@ Thin rclpy wiring around :class:`robot_learning.deploy.controller.PolicyControll
 - a dedicated control thread ticks at ``control_hz`` against absolute deadlines (not an rclpy timer,
   so subscription callbacks and the GIL-holding executor cannot delay it) and publishes one safe
   command per tick on ``/action`` (std_msgs/Float64MultiArray);
-- inference runs on the controller's worker thread;
+- inference runs on the controller's worker thread; with ``policy.isolation=process`` (the default) that
+  thread only waits for a child process that runs the policy (``robot_learning/deploy/worker.py``);
+- subscriptions are served by a single-threaded executor (see ``make_executor`` for why);
 - ``/estop`` (Bool, latched) latches a hold until ``/policy_node/reset_estop`` (std_srvs/Trigger),
   which is refused while ``/estop`` still reads true;
 - ``/intervention`` (Bool) hands control to the operator (``takeover=yield``: nothing is published on
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -86,6 +89,40 @@ def make_reader(stream: StreamConfig, shape: tuple[int, ...]) -> Callable[[Any],
     return lambda m: (fit(float_array_to_numpy(m, where)), now_sec())
 
 
+def make_policy(config: DeployConfig, policy: Policy | None = None,
+                obs_shapes: dict[str, tuple[int, ...]] | None = None, action_dim: int | None = None) -> Policy:
+    """The node's policy: ``policy`` or the configured source, in a child process if ``policy.isolation=process``."""
+    from robot_learning.deploy.scripted import build_policy
+
+    src = config.policy
+    if src.isolation == "process" and (policy is not None or src.kind() != "server"):  # a server is out of process
+        from functools import partial
+
+        from robot_learning.deploy.worker import GivenPolicy, ProcessPolicy
+
+        factory = GivenPolicy(policy) if policy is not None else partial(
+            build_policy, src, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=config.safety.action_mode)
+        name = type(policy).__name__ if policy is not None else src.checkpoint or src.scripted
+        return ProcessPolicy(factory, timeout_s=src.process_timeout_s, name=name)
+    if policy is not None:
+        return policy
+    return build_policy(src, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=config.safety.action_mode)
+
+
+def make_executor() -> Any:
+    """The node's executor: single-threaded, on purpose.
+
+    rclpy's MultiThreadedExecutor re-builds its wait set in Python about three times per message (the
+    message, then two guard triggers from the pool thread that ran it) and, on a multi-core machine,
+    that loop re-takes the GIL so fast that the control and inference threads starved for 0.2-2 s
+    (benchmarks/README.md, section deploy). The callbacks here only store a sample, so one thread is
+    enough; the control loop and inference have their own threads.
+    """
+    from rclpy.executors import SingleThreadedExecutor
+
+    return SingleThreadedExecutor()
+
+
 def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> Any:
     """Build the rclpy node; ``cfg`` defaults to the ``config_json`` parameter."""
     from geometry_msgs.msg import PoseStamped
@@ -113,19 +150,14 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.cfg = config
             provided = {k: tuple(v) for k, v in config.robot_obs_shapes.items()} or None
             robot_action_dim = len(config.safety.action_low) or None
-            pol = policy
-            if pol is None:
-                from robot_learning.deploy.scripted import build_policy
-
-                pol = build_policy(config.policy, obs_shapes=provided, action_dim=robot_action_dim,
-                                   action_mode=config.safety.action_mode)
-            if provided is not None:  # also for injected and scripted policies
-                from robot_learning.serve.server import spec_mismatches
-
-                problems = spec_mismatches(pol.spec, provided, robot_action_dim or pol.spec.action_dim,
-                                           config.safety.action_mode)
-                if problems:
-                    raise ValueError("policy does not fit the robot (robot_obs_shapes): " + "; ".join(problems))
+            if policy is not None:  # an injected policy is checked before a child process is started for it
+                self._check_fits(policy, provided, robot_action_dim)
+            pol = make_policy(config, policy, provided, robot_action_dim)
+            try:
+                self._check_fits(pol, provided, robot_action_dim)
+            except ValueError:
+                getattr(pol, "close", lambda: None)()
+                raise
             self.policy = pol
             spec = pol.spec
             extra = {"ee_pose": (7,), "joint_pos": (9,)}
@@ -177,6 +209,18 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
                 f"policy_node: {name} obs={sorted(spec.obs_shapes)} action_dim={spec.action_dim} "
                 f"control {self.ctrl.control_hz} Hz, blend={config.scheduler.blend}, takeover={config.takeover}")
 
+        def _check_fits(self, pol: Policy, provided: dict[str, tuple[int, ...]] | None,
+                        robot_action_dim: int | None) -> None:
+            """ValueError naming every way the policy does not fit ``robot_obs_shapes`` (if set)."""
+            if provided is None:
+                return
+            from robot_learning.serve.server import spec_mismatches
+
+            problems = spec_mismatches(pol.spec, provided, robot_action_dim or pol.spec.action_dim,
+                                       self.cfg.safety.action_mode)
+            if problems:
+                raise ValueError("policy does not fit the robot (robot_obs_shapes): " + "; ".join(problems))
+
         # -- subscriptions -------------------------------------------------------------------------
         def _obs_callback(self, topic: str, readers: list) -> Callable[[Any], None]:
             def callback(msg: Any) -> None:
@@ -221,6 +265,13 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
 
         # -- control loop ---------------------------------------------------------------------------
         def _control_loop(self) -> None:
+            prio = self.cfg.control_priority
+            if prio:
+                try:  # Linux schedules threads: pid 0 = this thread only
+                    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))
+                except (OSError, AttributeError) as exc:
+                    self.get_logger().warning(f"control_priority={prio} not applied ({exc}): needs CAP_SYS_NICE "
+                                              "or an rtprio limit; running with normal priority")
             period = 1.0 / self.ctrl.control_hz
             deadline = time.perf_counter()
             self.overruns = 0
@@ -261,12 +312,10 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
 
 
 def run_node(argv: Sequence[str] | None = None, cfg: DeployConfig | None = None) -> int:
-    """Init rclpy, spin the node on a two-thread executor (control timer beside inference) until Ctrl-C."""
-    from rclpy.executors import MultiThreadedExecutor
-
+    """Init rclpy, spin the node on ``make_executor()`` until Ctrl-C."""
     from ros_nodes.common import run_node_main
 
-    return run_node_main(lambda: make_node(cfg), argv, executor_factory=lambda: MultiThreadedExecutor(num_threads=2))
+    return run_node_main(lambda: make_node(cfg), argv, executor_factory=make_executor)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

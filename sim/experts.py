@@ -93,21 +93,6 @@ class ScriptedExpert:
     def _on_reset(self) -> None:
         pass
 
-    def fingers_settled(self, robot: Any) -> bool:
-        """The finger opening did not change since the previous control step.
-
-        Phase changes key on this rather than on a step timer: a policy that sees two frames of proprioception
-        can tell "still closing" from "closed" but not "closed 2 steps ago" from "closed 4 steps ago", so timed
-        waits teach imitation policies to stall in place.
-        """
-        width = float(robot.privileged()["gripper"][0])
-        seen = self.__dict__.setdefault("_widths", {})
-        seen.setdefault(robot.steps, width)  # plan() may run twice per step; keep the first reading
-        for old in [k for k in seen if k < robot.steps - 1]:
-            del seen[old]
-        prev = seen.get(robot.steps - 1)
-        return prev is not None and abs(seen[robot.steps] - prev) < 1e-3
-
     def plan(self, robot: Any) -> np.ndarray:
         """Clean action for the current state (updates the phase machine)."""
         raise NotImplementedError
@@ -141,7 +126,7 @@ class PickExpert(ScriptedExpert):
     obj = "cube"
     hover = 0.10  # approach height above the cube centre
     grasp_z = 0.018  # grasp-target height when closing (fingertips just above the table)
-    max_close_steps = 8  # give up waiting for the fingers to settle after this many steps
+    close_steps = 5
 
     def _on_reset(self) -> None:
         self.grasp_offset = np.zeros(2)
@@ -193,11 +178,9 @@ class PickExpert(ScriptedExpert):
                 self._set_phase("close", robot)
             else:
                 return self.move(robot, target, self.grasp_yaw, OPEN)
-        settled = self.fingers_settled(robot)  # called every step so that the previous width is known
         if self.phase == "close":
             target = np.array([*aim, pos[2] - CUBE / 2 + self.grasp_z])
-            in_phase = robot.steps - self.phase_step
-            if (in_phase >= 2 and settled) or in_phase >= self.max_close_steps:
+            if robot.steps - self.phase_step >= self.close_steps:
                 self._set_phase("lift", robot)
             else:
                 return self.move(robot, target, self.grasp_yaw, CLOSED)
@@ -266,9 +249,7 @@ class StackExpert(PickExpert):
         st = robot.privileged()
         ee = st["ee_pos"].astype(float)
         yaw = float(st["target_yaw"][0])
-        settled = self.fingers_settled(robot)
-        in_phase = robot.steps - self.phase_step
-        if self.phase == "release" and ((in_phase >= 2 and settled) or in_phase >= 8):
+        if self.phase == "release" and robot.steps - self.phase_step >= 4:
             self._set_phase("retreat", robot)
         if self.phase == "release":
             return self.move(robot, ee, yaw, OPEN)

@@ -17,6 +17,7 @@ DEFAULT_STREAMS: dict[str, tuple[str, str]] = {
     "gripper": ("/gripper", "joint_position"),
     "privileged_state": ("/sim/privileged_state", "float_array"),
 }
+ISOLATION_MODES = ("thread", "process")
 READERS = ("joint_position", "joint_velocity", "pose", "image", "float_array")
 
 
@@ -31,6 +32,16 @@ class PolicySourceConfig:
     timeout_s: float = 2.0  # remote: per-request timeout
     connect_wait_s: float = 30.0  # remote: keep retrying this long at start-up if the server is not up yet
     control_hz: float = 10.0  # scripted policies: their rate
+    # Where a local (checkpoint or scripted) policy runs: "process" = a child process with its own GIL, so
+    # inference cannot delay the control thread (see deploy/worker.py); "thread" = in the node's process.
+    isolation: str = "process"
+    process_timeout_s: float = 30.0  # isolation=process: longest wait for one prediction (then an error, hold)
+
+    def __post_init__(self) -> None:
+        if self.isolation not in ISOLATION_MODES:
+            raise ValueError(f"policy.isolation: '{self.isolation}' is not one of {ISOLATION_MODES}")
+        if self.process_timeout_s <= 0:
+            raise ValueError(f"policy.process_timeout_s: must be > 0, got {self.process_timeout_s}")
 
     def kind(self) -> str:
         """Which source is set; ValueError unless exactly one is."""
@@ -85,12 +96,17 @@ class DeployConfig:
     robot_obs_shapes: dict[str, list[int]] = field(default_factory=dict)
     diagnostics_hz: float = 2.0
     inference_backoff_s: float = 0.2
+    # SCHED_FIFO priority (1-99) of the control thread, so other processes cannot delay its wake-up;
+    # 0 = the normal scheduler. Needs CAP_SYS_NICE or an rtprio limit (else a warning, normal priority).
+    control_priority: int = 0
 
     def __post_init__(self) -> None:
         if self.takeover not in ("yield", "forward"):
             raise ValueError(f"takeover: '{self.takeover}' is not yield or forward")
         if self.control_hz < 0 or self.diagnostics_hz <= 0:
             raise ValueError("control_hz must be >= 0 and diagnostics_hz > 0")
+        if not 0 <= self.control_priority <= 99:
+            raise ValueError(f"control_priority: {self.control_priority} is not in 0..99 (0 = normal scheduling)")
 
     def stream_for(self, key: str) -> StreamConfig:
         """The topic and reader for observation ``key`` (config override, camera rule or default)."""

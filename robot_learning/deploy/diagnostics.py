@@ -21,6 +21,8 @@ class LoopDiagnostics:
         self._infer_ms: deque[float] = deque(maxlen=window)
         self._hist = np.zeros(len(LATENCY_EDGES_MS) + 1, dtype=np.int64)
         self._lock = threading.Lock()
+        self.tick_count = 0  # since start-up (the windowed figures forget old ticks)
+        self.inference_count = 0
         self.inference_errors = 0
         self.last_inference_error = ""
 
@@ -28,11 +30,13 @@ class LoopDiagnostics:
         """Record the wall time of one control tick."""
         with self._lock:
             self._ticks.append(t)
+            self.tick_count += 1
 
     def inference(self, ms: float) -> None:
         """Record one inference latency."""
         with self._lock:
             self._infer_ms.append(ms)
+            self.inference_count += 1
             self._hist[int(np.searchsorted(LATENCY_EDGES_MS, ms, side="left"))] += 1
 
     def inference_error(self, text: str) -> None:

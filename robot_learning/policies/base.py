@@ -95,3 +95,23 @@ class Policy(ABC):
     def save(self, path: str | Path) -> None:
         """Write one self-contained checkpoint file (config, normalizer, weights, spec)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+
+def warm_up(policy: Policy) -> bool:
+    """Run one prediction on a blank observation history and reset; returns whether it worked.
+
+    Some policies build their inference graphs lazily at the first call (seconds, see
+    policies/fast_inference.py); servers and control nodes call this before taking requests so that
+    the first real observation is not the one that pays for it. A policy that cannot act on a blank
+    history (e.g. a scripted one that reads the robot) is simply left cold.
+    """
+    spec = policy.spec
+    blank = {k: np.zeros((spec.n_obs_steps, *shape), dtype=np.uint8 if len(shape) == 3 else np.float32)
+             for k, shape in spec.obs_shapes.items()}
+    try:
+        policy.predict_chunk(blank)
+    except Exception:  # noqa: BLE001 - warming is best-effort; real requests report real errors
+        return False
+    finally:
+        policy.reset()
+    return True

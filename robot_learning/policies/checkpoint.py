@@ -134,8 +134,12 @@ class ModelPolicy(Policy):
             crc = zlib.crc32(np.ascontiguousarray(obs_history[key]).tobytes(), crc)
         self.generator.manual_seed(crc)
 
+    def reset(self) -> None:
+        """Episode boundary: drop the model's per-episode inference state (frame feature cache)."""
+        self.model.reset_inference_state()
+
     def configure_inference(self, **options: Any) -> None:
-        """Forward inference options (``sampler``, ``num_inference_steps`` for diffusion)."""
+        """Forward inference options (``sampler``, ``num_inference_steps``, ``inference_backend`` for diffusion)."""
         self.model.configure_inference(**options)
 
     @torch.inference_mode()
@@ -164,10 +168,12 @@ def load_policy(
     seed: int = 0,
     sampler: str | None = None,
     num_inference_steps: int | None = None,
+    inference_backend: str | None = None,
 ) -> ModelPolicy:
     """Load any policy checkpoint (deployable or training) as a ready-to-run ``Policy``."""
     model = model_from_checkpoint(read_checkpoint(path))
-    options = {k: v for k, v in {"sampler": sampler, "num_inference_steps": num_inference_steps}.items() if v}
+    options = {"sampler": sampler, "num_inference_steps": num_inference_steps, "inference_backend": inference_backend}
+    options = {k: v for k, v in options.items() if v}
     if options:
         model.configure_inference(**options)
     return ModelPolicy(model, device=resolve_device(str(device)), seed=seed)

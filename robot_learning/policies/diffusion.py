@@ -15,6 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from robot_learning.policies.base import PolicySpec
 from robot_learning.policies.encoders import EncoderConfig
+from robot_learning.policies.fast_inference import BACKENDS, DiffusionInference
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
 from robot_learning.policies.unet import ConditionalUnet1D
 
@@ -35,6 +36,9 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"  # or "sample", "v_prediction"
     sampler: str = "ddim"  # inference: ddim | dpmsolver++ | ddpm
     num_inference_steps: int = 10
+    # auto | eager | torchscript | onnxruntime (auto: onnxruntime on CPU when installed); see fast_inference.py
+    inference_backend: str = "auto"
+    feature_cache: bool = True  # reuse the image features of frames seen in the previous call
 
 
 class DiffusionModel(PolicyModel):
@@ -61,15 +65,31 @@ class DiffusionModel(PolicyModel):
             clip_sample=True,
             prediction_type=config.prediction_type,
         )
-        self.configure_inference(sampler=config.sampler, num_inference_steps=config.num_inference_steps)
+        self._engine: DiffusionInference | None = None
+        self.configure_inference(sampler=config.sampler, num_inference_steps=config.num_inference_steps,
+                                 inference_backend=config.inference_backend)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the compiled engine behind (it is rebuilt lazily)."""
+        state = self.__dict__.copy()
+        state["_engine"] = None
+        return state
 
     def configure_inference(self, **options: Any) -> None:
-        """Choose the inference sampler (``sampler``) and its step count (``num_inference_steps``)."""
-        unknown = set(options) - {"sampler", "num_inference_steps"}
+        """Choose the sampler (``sampler``), its step count (``num_inference_steps``) and the
+        ``inference_backend`` (auto | eager | torchscript | onnxruntime)."""
+        unknown = set(options) - {"sampler", "num_inference_steps", "inference_backend"}
         if unknown:
             raise ValueError(f"diffusion policy has no inference options {sorted(unknown)}")
-        sampler = options.get("sampler") or self.config.sampler
-        steps = int(options.get("num_inference_steps") or self.config.num_inference_steps)
+        backend = options.get("inference_backend") or getattr(self, "inference_backend", self.config.inference_backend)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown inference_backend '{backend}' (choose from {', '.join(BACKENDS)})")
+        if backend != getattr(self, "inference_backend", backend):
+            self._engine = None
+        self.inference_backend = backend
+        # an option not given keeps its current value (the config's at construction)
+        sampler = options.get("sampler") or getattr(self, "sampler_name", self.config.sampler)
+        steps = int(options.get("num_inference_steps") or getattr(self, "num_inference_steps", self.config.num_inference_steps))
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if not 1 <= steps <= self.config.num_train_timesteps:
@@ -98,15 +118,34 @@ class DiffusionModel(PolicyModel):
     def sample_actions(
         self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None, deterministic: bool = False
     ) -> torch.Tensor:
-        """Run the reverse process for ``k`` chunks per observation, all in one batch."""
-        cond = self.encoder(obs)  # each frame encoded once, shared by the k samples
+        """Run the reverse process for ``k`` chunks per observation, all in one batch.
+
+        In eval mode this goes through the compiled engine of ``inference_backend`` (built at the
+        first call from the current weights, rebuilt when they change); in train mode it is eager.
+        """
+        engine = None if self.training else self.inference_engine()
+        cond = engine.encode(obs) if engine is not None else self.encoder(obs)  # each frame encoded once
         b = cond.shape[0]
         cond = cond.repeat_interleave(k, dim=0)
         x = torch.randn((b * k, self.spec.horizon, self.spec.action_dim), generator=generator, device=cond.device)
-        sched = self.inference_scheduler
-        sched.set_timesteps(self.num_inference_steps)
-        for t in sched.timesteps:
-            pred = self.unet(x, t.to(cond.device), cond)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
+        if engine is not None:
+            x = engine.denoise(x, cond, generator)
+        else:
+            sched = self.inference_scheduler
+            sched.set_timesteps(self.num_inference_steps)
+            for t in sched.timesteps:
+                pred = self.unet(x, t.to(cond.device), cond)
+                x = sched.step(pred, t, x, generator=generator).prev_sample
         x = x.clamp(-1.0, 1.0)
         return self.normalizer.unnormalize(ACTION_STATS_KEY, x).reshape(b, k, self.spec.horizon, -1)
+
+    def inference_engine(self) -> DiffusionInference:
+        """The compiled encoders/sampler for the current weights (built or rebuilt on demand)."""
+        if self._engine is None or not self._engine.is_current(self):
+            self._engine = DiffusionInference(self, self.inference_backend, self.config.feature_cache)
+        return self._engine
+
+    def reset_inference_state(self) -> None:
+        """Episode boundary: forget cached frame features."""
+        if self._engine is not None and self._engine.cache is not None:
+            self._engine.cache.clear()

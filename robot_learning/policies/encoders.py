@@ -148,18 +148,25 @@ class ObsEncoder(nn.Module):
         self.step_dim = cfg.feature_dim * len(self.image_keys) + lowdim_dim
         self.out_dim = self.step_dim * spec.n_obs_steps
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Encode a batch of observation histories (images uint8 B x T x H x W x 3)."""
+    def encode_camera(self, key: str, frames: torch.Tensor) -> torch.Tensor:
+        """Features of single frames of camera ``key``: uint8 ``(N, H, W, 3)`` -> ``(N, feature_dim)``.
+
+        Each frame is encoded independently (GroupNorm is per sample), which is what lets inference
+        cache the features of a frame across calls (policies/fast_inference.py).
+        """
+        x = frames.permute(0, 3, 1, 2).float() / 255.0
+        ch, cw = self.crop[key]
+        x = random_crop(x, ch, cw) if self.training else center_crop(x, ch, cw)
+        return self.cameras[key](x)
+
+    def combine(self, image_features: dict[str, torch.Tensor], obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Join per-camera features ``{key: (B, T, F)}`` and the normalized low-dim streams of ``obs``."""
         parts = []
         batch = None
         for key in self.image_keys:
-            img = obs[key]
-            b, t = img.shape[:2]
-            batch = (b, t)
-            x = img.reshape(b * t, *img.shape[2:]).permute(0, 3, 1, 2).float() / 255.0
-            ch, cw = self.crop[key]
-            x = random_crop(x, ch, cw) if self.training else center_crop(x, ch, cw)
-            parts.append(self.cameras[key](x).reshape(b, t, -1))
+            feats = image_features[key]
+            batch = tuple(feats.shape[:2])
+            parts.append(feats)
         for key in self.lowdim_keys:
             x = obs[key].float()
             b, t = x.shape[:2]
@@ -167,3 +174,12 @@ class ObsEncoder(nn.Module):
             parts.append(self.normalizer.normalize(key, x.reshape(b, t, -1)))
         assert batch is not None, "policy has no observation keys"
         return torch.cat(parts, dim=-1).reshape(batch[0], -1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Encode a batch of observation histories (images uint8 B x T x H x W x 3)."""
+        feats = {}
+        for key in self.image_keys:
+            img = obs[key]
+            b, t = img.shape[:2]
+            feats[key] = self.encode_camera(key, img.reshape(b * t, *img.shape[2:])).reshape(b, t, -1)
+        return self.combine(feats, obs)

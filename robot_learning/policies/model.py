@@ -91,6 +91,9 @@ class PolicyModel(nn.Module):
     ) -> torch.Tensor:
         """``k`` action chunks per observation history: ``(B, k, horizon, A)`` in raw units."""
 
+    def reset_inference_state(self) -> None:  # noqa: B027 - optional hook
+        """Forget per-episode inference state (caches); default: none."""
+
     def configure_inference(self, **options: Any) -> None:  # noqa: B027 - optional hook
         """Change inference-time options (e.g. sampler and step count); default: none."""
         if options:

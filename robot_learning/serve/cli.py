@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"rlstack serve: cannot load the policy: {exc}", file=sys.stderr)
         return 2
+    from robot_learning.policies.base import warm_up
+
+    warm_up(policy)  # build lazily compiled inference graphs now, not inside the first client's timeout
     server = PolicyServer(policy, host=args.host, port=args.port, name=name)
     print(f"serving {name} on ws://{args.host}:{args.port} spec={policy.spec.to_dict()}", flush=True)
     try:

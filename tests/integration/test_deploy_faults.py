@@ -100,6 +100,14 @@ class NaNEveryOtherChunk(Policy):
         self.spec = self.inner.spec
         self.calls = 0
 
+    # The node runs it in a child process (policy.isolation=process): send the recipe, not the expert's state.
+    def __getstate__(self) -> dict[str, int]:
+        return {"calls": self.calls}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__()  # type: ignore[misc]
+        self.calls = state["calls"]
+
     def reset(self) -> None:
         self.inner.reset()
 
@@ -110,17 +118,15 @@ class NaNEveryOtherChunk(Policy):
 
 
 def test_nan_actions_are_rejected_never_published(rclpy_context: Any, tmp_path: Path) -> None:
-    from rclpy.executors import MultiThreadedExecutor
-
     from robot_learning.deploy.config import load_deploy_config
     from ros_nodes.common import NodeProcess
-    from ros_nodes.policy_node import make_node
+    from ros_nodes.policy_node import make_executor, make_node
 
-    sim = NodeProcess("ros_nodes.sim_robot", sim_params(), env=rclpy_context.env, log_path=tmp_path / "sim.log")
     cfg = load_deploy_config({"policy": {"scripted": "expert:lift"}, "safety": {"stale_timeout_s": 0.3}})
     policy = NaNEveryOtherChunk()
-    node = make_node(cfg, policy=policy)
-    executor = MultiThreadedExecutor(num_threads=2)
+    node = make_node(cfg, policy=policy)  # before the sim starts, so a failure here leaves no process behind
+    sim = NodeProcess("ros_nodes.sim_robot", sim_params(), env=rclpy_context.env, log_path=tmp_path / "sim.log")
+    executor = make_executor()
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()

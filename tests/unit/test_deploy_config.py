@@ -11,7 +11,7 @@ from ros_nodes.deploy import load_configs
 def test_default_config_composes_and_validates() -> None:
     run_cfg, node_cfg, _ = load_configs(["deploy.policy.scripted=expert:lift", "episodes=3"])
     assert run_cfg.episodes == 3 and run_cfg.robot.kind == "sim"
-    assert node_cfg.policy.kind() == "scripted"
+    assert node_cfg.policy.kind() == "scripted" and node_cfg.policy.isolation == "process"
     assert node_cfg.scheduler.blend == "crossfade" and len(node_cfg.safety.joint_low) == 7
     assert node_cfg.stream_for("camera_wrist").topic == "/camera/wrist/image_raw"
     _, ens, _ = load_configs(["deploy=ensemble"])
@@ -26,6 +26,9 @@ def test_default_config_composes_and_validates() -> None:
         (["deploy.safety.workspace_low=[0,0]"], "workspace_low"),
         (["deploy.safety.stale_timeout_s=abc"], "stale_timeout_s"),
         (["robot.kind=mars"], "robot.kind"),
+        (["deploy.policy.isolation=fork"], "policy.isolation: 'fork'"),
+        (["deploy.policy.process_timeout_s=0"], "policy.process_timeout_s"),
+        (["deploy.control_priority=120"], "control_priority: 120"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:
