@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SMALL = ["policy.params.down_dims=[32,64,128]"]
+WIDE = ["policy.params.down_dims=[64,128,256]"]
 
 
 def _policy(policy_cfg: str, image_size: int, overrides: list[str]):
@@ -76,7 +76,7 @@ def _time(policy, repeats: int, shift: int) -> tuple[float, float, float]:
 def _rows_spec(quick: bool) -> list[tuple]:
     """(label, config, image size, overrides, backend, sampler, steps, shift) of every row."""
     rows = []
-    for label, ov in (("diffusion, U-Net 64/128/256 (default)", []), ("diffusion, U-Net 32/64/128", SMALL)):
+    for label, ov in (("diffusion, U-Net 32/64/128 (default)", []), ("diffusion, U-Net 64/128/256", WIDE)):
         for backend in ("eager", "torchscript", "onnxruntime"):
             for sampler, steps in (("ddim", 10), ("dpmsolver++", 10), ("ddpm", 100)):
                 if backend == "torchscript" and sampler != "ddim":
@@ -85,7 +85,7 @@ def _rows_spec(quick: bool) -> list[tuple]:
                     continue
                 rows.append((label, "diffusion", 96, ov, backend, sampler, steps, 2))
         rows.append((label, "diffusion", 96, ov, "onnxruntime", "ddim", 10, 1))
-    rows.append(("diffusion, U-Net 32/64/128, 32 px (trained run)", "diffusion", 32, SMALL, "onnxruntime", "ddim", 10, 2))
+    rows.append(("diffusion, U-Net 32/64/128, 32 px (trained runs)", "diffusion", 32, [], "onnxruntime", "ddim", 10, 2))
     rows.append(("BC (MLP head)", "bc", 96, [], "eager", "-", 0, 2))
     rows.append(("BC (GMM head)", "bc_gmm", 96, [], "eager", "-", 0, 2))
     return rows
@@ -123,7 +123,8 @@ def main() -> int:
          "p50 ms", "p95 ms", "p95 <= 30 ms"], rows
     ) + (
         "\n\nOne chunk = encoder (2 cameras x 2 observation steps) + sampler, batch 1; `threads` torch threads "
-        f"(onnxruntime: as many intra-op threads); {args.repeats} timed calls after 3 warm-up calls (DDPM-100: "
+        f"(onnxruntime: as many intra-op threads for batches larger than 2 chunks / 4 frames, one below that, with the "
+        "cameras encoded concurrently); {args.repeats} timed calls after 3 warm-up calls (DDPM-100: "
         "a fifth as many). Backend `onnxruntime` is what `inference_backend: auto` picks on CPU. "
         + load_note(load_before)
     )

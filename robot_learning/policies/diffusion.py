@@ -27,7 +27,7 @@ class DiffusionConfig:
     """Diffusion policy hyper-parameters (widths chosen for CPU inference; see bench_policy.py)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    down_dims: list[int] = field(default_factory=lambda: [64, 128, 256])
+    down_dims: list[int] = field(default_factory=lambda: [32, 64, 128])
     kernel_size: int = 5
     n_groups: int = 8
     step_embed_dim: int = 64

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,9 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 DETERMINISTIC_SAMPLERS = ("ddim", "dpmsolver++")
 ONNX_OPSET = 18
-VERIFY_TOL = 1e-3  # compiled vs eager on the build check: |got - want| / (1 + |want|)
+VERIFY_TOL = 1e-3
+SERIAL_BATCH = 2  # sampler calls with at most this many chunks run single-threaded (see _OrtRunner)
+SERIAL_FRAMES = 4  # camera-encoder calls with at most this many frames, likewise  # compiled vs eager on the build check: |got - want| / (1 + |want|)
 
 Runner = Callable[..., torch.Tensor]
 
@@ -73,24 +77,40 @@ def resolve_backend(name: str, device: torch.device) -> str:
 
 
 class _OrtRunner:
-    """Calls an onnxruntime session with torch tensors (CPU, zero-copy in and out)."""
+    """Calls an onnxruntime session with torch tensors (CPU, zero-copy in and out).
 
-    def __init__(self, model_bytes: bytes, input_names: Sequence[str], threads: int) -> None:
-        import onnxruntime as ort
+    Calls with at most ``serial_batch`` rows run on a single-threaded session: at batch 1 the
+    sampler's ops are so small that waking a second thread costs more than it saves (DDIM-10,
+    U-Net 32/64/128: 19 ms on one thread, 22-25 ms on two, here). Larger batches (K candidate
+    chunks) use ``threads``. Sessions are created on first use.
+    """
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, threads)
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no busy-waiting: torch's OpenMP pool runs in the same process on the same few cores, and
-        # two spinning pools starve each other (measured 3x slower DDIM-10 chunks with 2 threads here)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    def __init__(self, model_bytes: bytes, input_names: Sequence[str], threads: int, serial_batch: int = 0) -> None:
+        self.model_bytes = model_bytes
         self.input_names = list(input_names)
+        self.threads = max(1, threads)
+        self.serial_batch = serial_batch
+        self._sessions: dict[int, Any] = {}
+        self.session = self._session(self.threads)
+
+    def _session(self, threads: int) -> Any:
+        if threads not in self._sessions:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # no busy-waiting: torch's OpenMP pool runs in the same process on the same few cores, and
+            # two spinning pools starve each other (measured 3x slower DDIM-10 chunks with 2 threads here)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._sessions[threads] = ort.InferenceSession(self.model_bytes, opts, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         feeds = {n: x.detach().contiguous().numpy() for n, x in zip(self.input_names, inputs, strict=True)}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        session = self._session(1) if inputs[0].shape[0] <= self.serial_batch else self.session
+        return torch.from_numpy(session.run(None, feeds)[0])
 
 
 def compile_module(module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str], backend: str) -> Runner:
@@ -108,9 +128,10 @@ def compile_module(module: nn.Module, example: tuple[torch.Tensor, ...], names: 
         if backend == "onnxruntime":
             if isinstance(module, DenoiseLoop):
                 proto = _export_denoise_loop(module, *example)
-            else:
-                proto = _export_onnx(module, example, names)
-            return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads())
+                return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=SERIAL_BATCH)
+            proto = _export_onnx(module, example, names)
+            serial = SERIAL_FRAMES if isinstance(module, CameraGraph) else 0
+            return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=serial)
     raise ValueError(f"cannot compile for backend '{backend}'")
 
 
@@ -134,43 +155,54 @@ def _mish_symbolic(g: Any, x: Any) -> Any:
     return g.op("Mish", x)
 
 
-class _UnetCall(torch.autograd.Function):
-    """Stands for the U-Net while the sampler loop is exported: one custom ONNX node per step."""
+class _TrunkCall(torch.autograd.Function):
+    """Stands for the U-Net trunk while the sampler loop is exported: one custom ONNX node per step."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """A placeholder value: only the loop's graph structure is exported."""
         return x.clone()
 
     @staticmethod
-    def symbolic(g: Any, x: Any, t: Any, cond: Any) -> Any:
-        """The custom node that ``_inline_unet`` replaces by the U-Net's graph."""
-        out = g.op("rlstack::UNet", x, t, cond)
+    def symbolic(g: Any, x: Any, film: Any) -> Any:
+        """The custom node that ``_inline_unet`` replaces by the trunk's graph."""
+        out = g.op("rlstack::UNet", x, film)
         out.setType(x.type())
         return out
 
 
-class _UnetStub(nn.Module):
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return _UnetCall.apply(x, t.expand(x.shape[0]), cond)
+class _TrunkStub(nn.Module):
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        return _TrunkCall.apply(x, film)
+
+
+class _Trunk(nn.Module):
+    """``ConditionalUnet1D.trunk`` as a module of its own, for export."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        return self.unet.trunk(x, film)
 
 
 def _export_denoise_loop(loop: DenoiseLoop, x: torch.Tensor, cond: torch.Tensor) -> Any:
-    """The sampler loop as one ONNX graph, built from one U-Net export.
+    """The sampler loop as one ONNX graph, built from one export of the U-Net trunk.
 
     Tracing the loop with the real U-Net exports it once per step (~20 s for 10 steps here); instead
-    the U-Net is exported once and its nodes are copied into the loop graph at each step, all copies
+    the trunk is exported once and its nodes are copied into the loop graph at each step, all copies
     sharing one set of weights.
     """
-    t = torch.ones(x.shape[0], dtype=torch.long, device=x.device)
-    unet = _export_onnx(loop.unet, (x, t, cond), ("x", "t", "cond"))
-    stub = DenoiseLoop(loop.steps, loop.scheduler_cls, loop.scheduler_config, _UnetStub())
+    film = loop.obs_film(cond)
+    trunk = _export_onnx(_Trunk(loop.unet), (x, film), ("x", "film"))
+    stub = DenoiseLoop(loop.steps, loop.scheduler_cls, loop.scheduler_config, loop.unet, trunk=_TrunkStub())
     graph = _export_onnx(stub, (x, cond), ("x", "cond"), custom_opsets={"rlstack": 1})
-    return _inline_unet(graph, unet)
+    return _inline_unet(graph, trunk)
 
 
 def _inline_unet(loop: Any, unet: Any) -> Any:
-    """Replace every ``rlstack::UNet`` node of ``loop`` by a renamed copy of ``unet``'s nodes."""
+    """Replace every ``rlstack::UNet`` node of ``loop`` by a renamed copy of the trunk graph ``unet``'s nodes."""
     ug = unet.graph
     weights = {w.name: f"unet/{w.name}" for w in ug.initializer}
     nodes = []
@@ -216,14 +248,30 @@ class CameraGraph(nn.Module):
 
 
 class DenoiseLoop(nn.Module):
-    """The whole reverse process of a deterministic sampler: initial noise + conditioning -> sample."""
+    """The whole reverse process of a deterministic sampler: initial noise + conditioning -> sample.
 
-    def __init__(self, steps: int, scheduler_cls: type, scheduler_config: Any, unet: nn.Module) -> None:
+    The U-Net's FiLM vectors are split (``ConditionalUnet1D.film_weights``): the observation part
+    is computed once per call, the diffusion-step part once per timestep when the loop is built.
+    Together they were ~40 % of a U-Net step at batch 1 on CPU.
+    """
+
+    def __init__(self, steps: int, scheduler_cls: type, scheduler_config: Any, unet: nn.Module,
+                 trunk: nn.Module | None = None) -> None:
         super().__init__()
         self.steps = steps
         self.scheduler_cls = scheduler_cls
         self.scheduler_config = scheduler_config
         self.unet = unet
+        self.trunk = trunk if trunk is not None else _Trunk(unet)
+        sched = scheduler_cls.from_config(scheduler_config)
+        sched.set_timesteps(steps)
+        device = next(unet.parameters()).device
+        with torch.no_grad():  # from the weights at build time: DiffusionInference rebuilds when they change
+            step_film = unet.step_film(sched.timesteps.to(device))
+            _, w_obs, bias = unet.film_weights()
+        self.register_buffer("step_film", step_film, persistent=False)  # (steps, S)
+        self.register_buffer("w_obs", w_obs.detach().clone(), persistent=False)
+        self.register_buffer("bias", bias.detach().clone(), persistent=False)
 
     @classmethod
     def of(cls, model: DiffusionModel) -> DenoiseLoop:
@@ -231,12 +279,17 @@ class DenoiseLoop(nn.Module):
         sched = model.inference_scheduler
         return cls(model.num_inference_steps, type(sched), sched.config, model.unet)
 
+    def obs_film(self, cond: torch.Tensor) -> torch.Tensor:
+        """The observation part of every block's FiLM vector, ``(B, D)`` -> ``(B, S)``."""
+        return nn.functional.mish(cond) @ self.w_obs.T + self.bias
+
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x`` (B, horizon, A) noise, ``cond`` (B, D) -> denoised (B, horizon, A), before clamping."""
         sched = self.scheduler_cls.from_config(self.scheduler_config)  # fresh multistep state per run
         sched.set_timesteps(self.steps)
-        for t in sched.timesteps:
-            x = sched.step(self.unet(x, t, cond), t, x).prev_sample
+        obs_film = self.obs_film(cond)
+        for k, t in enumerate(sched.timesteps):
+            x = sched.step(self.trunk(x, obs_film + self.step_film[k]), t, x).prev_sample
         return x
 
 
@@ -248,6 +301,7 @@ class FrameFeatureCache:
         self._store: dict[str, OrderedDict[bytes, torch.Tensor]] = {}
         self.hits = 0
         self.misses = 0
+        self._lock = threading.Lock()  # cameras may be encoded from concurrent threads
 
     def clear(self) -> None:
         """Forget every frame (episode boundary, new weights)."""
@@ -270,8 +324,9 @@ class FrameFeatureCache:
             else:
                 lru.move_to_end(fid)
                 found[fid] = hit
-        self.misses += len(missing)
-        self.hits += len(ids) - len(missing)
+        with self._lock:
+            self.misses += len(missing)
+            self.hits += len(ids) - len(missing)
         if missing:
             new = encode(frames[missing])
             for row, i in enumerate(missing):
@@ -288,7 +343,9 @@ class DiffusionInference:
         self.model = model
         self.device = next(model.parameters()).device
         self.backend = resolve_backend(backend, self.device)
-        self.fingerprint = weights_fingerprint(model)
+        # the weight tensors themselves, listed once: walking the module tree on every call cost ~3 ms
+        self.weights = [*model.parameters(), *model.buffers()]
+        self.fingerprint = weights_fingerprint(self.weights)
         spec = model.spec
         self.cache = FrameFeatureCache(2 * spec.n_obs_steps) if feature_cache and self.device.type == "cpu" else None
         self.cameras: dict[str, Runner] = {}
@@ -296,6 +353,9 @@ class DiffusionInference:
             example = torch.randint(0, 256, (2, *spec.obs_shapes[key]), dtype=torch.uint8, device=self.device)
             self.cameras[key] = self._build(CameraGraph(model, key), (example,), ("frames",), f"camera '{key}' encoder")
         self._samplers: dict[tuple[str, int], tuple[Runner, bool]] = {}
+        concurrent = self.backend == "onnxruntime" and len(self.cameras) > 1 and torch.get_num_threads() > 1
+        self._pool = ThreadPoolExecutor(min(len(self.cameras), torch.get_num_threads()) - 1,
+                                        thread_name_prefix="camera-encoder") if concurrent else None
 
     def _build(self, module: nn.Module, example: tuple[torch.Tensor, ...], names: Sequence[str], what: str) -> Runner:
         """Compile and check against eager; eager (with a warning) when that fails."""
@@ -317,17 +377,29 @@ class DiffusionInference:
 
     def is_current(self, model: DiffusionModel) -> bool:
         """Whether ``model``'s weights are still the ones this was built from."""
-        return model is self.model and weights_fingerprint(model) == self.fingerprint
+        return model is self.model and weights_fingerprint(self.weights) == self.fingerprint
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The conditioning vector, each camera frame encoded at most once across calls."""
-        feats = {}
-        for key, run in self.cameras.items():
+        """The conditioning vector, each camera frame encoded at most once across calls.
+
+        With onnxruntime the cameras are encoded concurrently: a session runs without the GIL, and
+        one camera's batch-1 convolutions gain nothing from a second intra-op thread (96 px, 2 frames:
+        2.6 ms on one thread, 2.8 ms on two), so a second core is better spent on another camera.
+        """
+        def one(key: str) -> torch.Tensor:
             img = obs[key]
             b, t = img.shape[:2]
             flat = img.reshape(b * t, *img.shape[2:])
+            run = self.cameras[key]
             out = self.cache.features(key, flat, run) if self.cache is not None else run(flat)
-            feats[key] = out.reshape(b, t, -1)
+            return out.reshape(b, t, -1)
+
+        keys = list(self.cameras)
+        if self._pool is not None and len(keys) > 1:
+            pending = {key: self._pool.submit(one, key) for key in keys[1:]}
+            feats = {keys[0]: one(keys[0])} | {key: f.result() for key, f in pending.items()}
+        else:
+            feats = {key: one(key) for key in keys}
         return self.model.encoder.combine(feats, obs)
 
     def _sampler(self) -> tuple[Runner, bool]:
@@ -359,6 +431,6 @@ class DiffusionInference:
         return x
 
 
-def weights_fingerprint(model: nn.Module) -> tuple[Any, ...]:
-    """Identity + in-place version counter of every weight: changes on load, optimizer or EMA step."""
-    return tuple((t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
+def weights_fingerprint(weights: Sequence[torch.Tensor]) -> tuple[Any, ...]:
+    """Storage + in-place version counter of every weight: changes on load, ``.to()``, optimizer or EMA step."""
+    return tuple((t.data_ptr(), t._version) for t in weights)

@@ -43,16 +43,18 @@ class FiLMResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, cond_dim: int, kernel: int, groups: int) -> None:
         super().__init__()
+        self.out_ch = out_ch
         self.conv1 = ConvNormAct(in_ch, out_ch, kernel, groups)
         self.conv2 = ConvNormAct(out_ch, out_ch, kernel, groups)
+        # applied as Linear(Mish(cond)); ConditionalUnet1D evaluates all blocks' layers as one product
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_ch))
         self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """FiLM-modulated residual block."""
+    def forward(self, x: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """``film`` (B, 2 * out_ch): the multiplier (1 + scale) then the shift."""
         h = self.conv1(x)
-        scale, shift = self.film(cond).unsqueeze(-1).chunk(2, dim=1)
-        h = self.conv2(h * (1 + scale) + shift)
+        gain, shift = film.unsqueeze(-1).chunk(2, dim=1)
+        h = self.conv2(h * gain + shift)
         return h + self.skip(x)
 
 
@@ -69,6 +71,7 @@ class ConditionalUnet1D(nn.Module):
         step_embed_dim: int = 64,
     ) -> None:
         super().__init__()
+        self.step_embed_dim = step_embed_dim
         self.step_embed = nn.Sequential(
             SinusoidalEmbedding(step_embed_dim),
             nn.Linear(step_embed_dim, step_embed_dim * 4),
@@ -112,23 +115,63 @@ class ConditionalUnet1D(nn.Module):
         )
         self.downsamples = len(down_dims) - 1
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
-        """``sample`` (B, T, A), ``timestep`` (B,) or scalar, ``global_cond`` (B, D) -> (B, T, A)."""
+    def film_blocks(self) -> list[FiLMResBlock]:
+        """Every FiLM block in the order ``trunk`` runs them."""
+        out: list[FiLMResBlock] = []
+        for res1, res2, _ in self.down:
+            out += [res1, res2]
+        out += list(self.mid)
+        for res1, res2, _ in self.up:
+            out += [res1, res2]
+        return out
+
+    def film_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All blocks' FiLM layers stacked and split by input: (W_step (S, E), W_obs (S, D), bias (S,)).
+
+        Mish acts elementwise, so Linear(Mish([step; obs])) = W_step Mish(step) + W_obs Mish(obs) + b:
+        the observation part is the same at every denoising step and the step part depends on the
+        step alone, which is what lets a sampler compute each once (see fast_inference.DenoiseLoop).
+        The bias carries the +1 of the (1 + scale) multiplier.
+        """
+        layers = [blk.film[1] for blk in self.film_blocks()]
+        weight = torch.cat([lin.weight for lin in layers])
+        one = torch.cat([torch.cat([torch.ones(b.out_ch), torch.zeros(b.out_ch)]) for b in self.film_blocks()])
+        bias = torch.cat([lin.bias for lin in layers]) + one.to(weight)
+        e = self.step_embed_dim
+        return weight[:, :e], weight[:, e:], bias
+
+    def step_film(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The diffusion-step part of every block's FiLM vector: ``(B,)`` -> ``(B, S)``."""
+        w_step, _, _ = self.film_weights()
+        return nn.functional.mish(self.step_embed(timestep)) @ w_step.T
+
+    def obs_film(self, global_cond: torch.Tensor) -> torch.Tensor:
+        """The observation part (+ bias) of every block's FiLM vector: ``(B, D)`` -> ``(B, S)``."""
+        _, w_obs, bias = self.film_weights()
+        return nn.functional.mish(global_cond) @ w_obs.T + bias
+
+    def trunk(self, sample: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
+        """The U-Net proper: ``sample`` (B, T, A) and the blocks' FiLM vectors (B, S) -> (B, T, A)."""
         if sample.shape[1] % (2**self.downsamples):
             raise ValueError(f"horizon {sample.shape[1]} must be divisible by {2 ** self.downsamples} for this U-Net")
-        if timestep.dim() == 0:
-            timestep = timestep.expand(sample.shape[0])
-        cond = torch.cat([self.step_embed(timestep.to(sample.device)), global_cond], dim=-1)
+        films = iter(film.split([2 * b.out_ch for b in self.film_blocks()], dim=1))
         x = sample.transpose(1, 2)
         skips = []
         for res1, res2, downsample in self.down:
-            x = res2(res1(x, cond), cond)
+            x = res2(res1(x, next(films)), next(films))
             skips.append(x)
             x = downsample(x)
         for block in self.mid:
-            x = block(x, cond)
+            x = block(x, next(films))
         for res1, res2, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = res2(res1(x, cond), cond)
+            x = res2(res1(x, next(films)), next(films))
             x = upsample(x)
         return self.final(x).transpose(1, 2)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        """``sample`` (B, T, A), ``timestep`` (B,) or scalar, ``global_cond`` (B, D) -> (B, T, A)."""
+        if timestep.dim() == 0:
+            timestep = timestep.expand(sample.shape[0])
+        film = self.step_film(timestep.to(sample.device)) + self.obs_film(global_cond)
+        return self.trunk(sample, film)

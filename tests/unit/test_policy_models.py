@@ -181,3 +181,21 @@ def test_unknown_policy_type_and_bad_params() -> None:
         build_model("diffusion", {"down_dimz": [8]}, SPEC, STATS)
     with pytest.raises(ValueError, match="lack the action key"):
         build_model("bc", PARAMS["bc"], SPEC, {"joint_pos": STATS["joint_pos"]})
+
+
+def test_unet_factored_film_equals_each_blocks_own_layer() -> None:
+    """The U-Net computes all FiLM layers as one product split by input; it must equal Linear(Mish(cond)) per block."""
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(action_dim=3, global_cond_dim=7, down_dims=(8, 16), n_groups=2, step_embed_dim=8).eval()
+    for p in net.parameters():  # non-trivial weights everywhere (zero-initialised biases would hide an offset error)
+        torch.nn.init.normal_(p, std=0.3)
+    t = torch.tensor([3, 71])
+    g = torch.randn(2, 7)
+    cond = torch.cat([net.step_embed(t), g], dim=-1)
+    want = []
+    for blk in net.film_blocks():
+        scale, shift = blk.film(cond).chunk(2, dim=1)
+        want.append(torch.cat([1 + scale, shift], dim=1))
+    got = net.step_film(t) + net.obs_film(g)
+    torch.testing.assert_close(got, torch.cat(want, dim=1), rtol=1e-5, atol=1e-5)
+    assert len(net.film_blocks()) == 2 * 2 + 2 + 2 * 1
