@@ -123,7 +123,7 @@ def main() -> int:
          "p50 ms", "p95 ms", "p95 <= 30 ms"], rows
     ) + (
         "\n\nOne chunk = encoder (2 cameras x 2 observation steps) + sampler, batch 1; `threads` torch threads "
-        f"(onnxruntime: as many intra-op threads for batches larger than 2 chunks / 4 frames, one below that, with the "
+        "(onnxruntime: as many intra-op threads for batches larger than 2 chunks / 4 frames, one below that, with the "
         "cameras encoded concurrently); {args.repeats} timed calls after 3 warm-up calls (DDPM-100: "
         "a fifth as many). Backend `onnxruntime` is what `inference_backend: auto` picks on CPU. "
         + load_note(load_before)
