@@ -124,7 +124,7 @@ def main() -> int:
     ) + (
         "\n\nOne chunk = encoder (2 cameras x 2 observation steps) + sampler, batch 1; `threads` torch threads "
         "(onnxruntime: as many intra-op threads for batches larger than 2 chunks / 4 frames, one below that, with the "
-        "cameras encoded concurrently); {args.repeats} timed calls after 3 warm-up calls (DDPM-100: "
+        f"cameras encoded concurrently); {args.repeats} timed calls after 3 warm-up calls (DDPM-100: "
         "a fifth as many). Backend `onnxruntime` is what `inference_backend: auto` picks on CPU. "
         + load_note(load_before)
     )
