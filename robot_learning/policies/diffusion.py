@@ -19,7 +19,22 @@ from robot_learning.policies.fast_inference import BACKENDS, DiffusionInference
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
 from robot_learning.policies.unet import ConditionalUnet1D
 
-SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
+
+class ClippedDPMSolver(DPMSolverMultistepScheduler):
+    """DPM-Solver++ with its x0 prediction clipped to [-1, 1], like DDIM's ``clip_sample``.
+
+    diffusers' dynamic thresholding capped at ``sample_max_value = 1`` is exactly this clamp, but it
+    computes a quantile first, which ONNX cannot export; the plain clamp keeps the sampler compilable.
+    """
+
+    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
+        limit = float(self.config.sample_max_value)
+        if limit != 1.0:
+            return super()._threshold_sample(sample)
+        return sample.clamp(-limit, limit)
+
+
+SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": ClippedDPMSolver}
 
 
 @dataclass
@@ -95,7 +110,13 @@ class DiffusionModel(PolicyModel):
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps={steps} outside [1, {self.config.num_train_timesteps}]")
         self.sampler_name, self.num_inference_steps = sampler, steps
-        self.inference_scheduler = SAMPLERS[sampler].from_config(self.train_scheduler.config)
+        extra = {}
+        if sampler == "dpmsolver++":
+            # DPM-Solver++ has no clip_sample: its first step (t = T - 1, where the cosine schedule leaves
+            # almost no signal) predicts a huge x0 and every chunk saturates (0/30 on lift here). Dynamic
+            # thresholding capped at 1 clips x0 to [-1, 1] like DDIM's clip_sample.
+            extra = {"thresholding": True, "sample_max_value": 1.0}
+        self.inference_scheduler = SAMPLERS[sampler].from_config(self.train_scheduler.config, **extra)
         self.inference_scheduler.set_timesteps(steps)
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:

@@ -199,3 +199,17 @@ def test_unet_factored_film_equals_each_blocks_own_layer() -> None:
     got = net.step_film(t) + net.obs_film(g)
     torch.testing.assert_close(got, torch.cat(want, dim=1), rtol=1e-5, atol=1e-5)
     assert len(net.film_blocks()) == 2 * 2 + 2 + 2 * 1
+
+
+def test_dpmsolver_clips_its_x0_like_diffusers_thresholding_capped_at_one() -> None:
+    """Without clipping, DPM-Solver++'s first step (almost no signal left) saturates every chunk."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from robot_learning.policies.diffusion import ClippedDPMSolver
+
+    cfg = {"num_train_timesteps": 100, "beta_schedule": "squaredcos_cap_v2", "thresholding": True, "sample_max_value": 1.0}
+    ours, ref = ClippedDPMSolver(**cfg), DPMSolverMultistepScheduler(**cfg)
+    x0 = torch.randn(4, 16, 5) * 3
+    torch.testing.assert_close(ours._threshold_sample(x0), ref._threshold_sample(x0))
+    model = build_model("diffusion", {"sampler": "dpmsolver++"}, SPEC, STATS)
+    assert isinstance(model.inference_scheduler, ClippedDPMSolver) and model.inference_scheduler.config.thresholding
