@@ -115,3 +115,19 @@ def warm_up(policy: Policy) -> bool:
     finally:
         policy.reset()
     return True
+
+
+def check_spec_matches(saved: PolicySpec, current: PolicySpec, where: str) -> None:
+    """Raise ValueError listing every obs key/shape or action dim that differs."""
+    problems = []
+    for key in sorted(set(saved.obs_shapes) | set(current.obs_shapes)):
+        a, b = saved.obs_shapes.get(key), current.obs_shapes.get(key)
+        if a != b:
+            problems.append(f"'{key}': checkpoint {a}, {where} {b}")
+    if saved.action_dim != current.action_dim:
+        problems.append(f"action_dim: checkpoint {saved.action_dim}, {where} {current.action_dim}")
+    for name in ("n_obs_steps", "horizon", "n_action_steps"):
+        if getattr(saved, name) != getattr(current, name):
+            problems.append(f"{name}: checkpoint {getattr(saved, name)}, {where} {getattr(current, name)}")
+    if problems:
+        raise ValueError(f"checkpoint does not match the {where}: " + "; ".join(problems))

@@ -28,8 +28,9 @@ def model_types() -> dict[str, type[PolicyModel]]:
     """Registered policy types, by the name used in configs (``policy.type``)."""
     from robot_learning.policies.bc import BCModel
     from robot_learning.policies.diffusion import DiffusionModel
+    from robot_learning.policies.distill import OneStepDiffusionModel
 
-    return {"diffusion": DiffusionModel, "bc": BCModel}
+    return {"diffusion": DiffusionModel, "diffusion_onestep": OneStepDiffusionModel, "bc": BCModel}
 
 
 def build_model(policy_type: str, params: Any, spec: PolicySpec, stats: dict[str, Any]) -> PolicyModel:

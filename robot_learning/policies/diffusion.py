@@ -35,6 +35,7 @@ class ClippedDPMSolver(DPMSolverMultistepScheduler):
 
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": ClippedDPMSolver}
+ONE_STEP = "onestep"  # x0 = U-Net(noise, T - 1, obs) in one call; only for distilled policies (distill.py)
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DiffusionConfig:
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"  # or "sample", "v_prediction"
-    sampler: str = "ddim"  # inference: ddim | dpmsolver++ | ddpm
+    sampler: str = "ddim"  # inference: ddim | dpmsolver++ | ddpm (| onestep, distilled policies only)
     num_inference_steps: int = 10
     # auto | eager | torchscript | onnxruntime (auto: onnxruntime on CPU when installed); see fast_inference.py
     inference_backend: str = "auto"
@@ -61,6 +62,7 @@ class DiffusionModel(PolicyModel):
 
     policy_type = "diffusion"
     config_cls = DiffusionConfig
+    one_step_trained = False  # True where the U-Net maps noise to a chunk in one call (distill.py)
 
     def __init__(self, spec: PolicySpec, config: DiffusionConfig, stats: dict[str, Any]) -> None:
         super().__init__(spec, config, stats)
@@ -105,11 +107,17 @@ class DiffusionModel(PolicyModel):
         # an option not given keeps its current value (the config's at construction)
         sampler = options.get("sampler") or getattr(self, "sampler_name", self.config.sampler)
         steps = int(options.get("num_inference_steps") or getattr(self, "num_inference_steps", self.config.num_inference_steps))
-        if sampler not in SAMPLERS:
+        if sampler == ONE_STEP and not self.one_step_trained:
+            raise ValueError(f"sampler '{ONE_STEP}' needs a distilled policy (policy=diffusion_onestep); "
+                             f"this {self.policy_type} policy's U-Net predicts noise")
+        if sampler not in SAMPLERS and sampler != ONE_STEP:
             raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps={steps} outside [1, {self.config.num_train_timesteps}]")
         self.sampler_name, self.num_inference_steps = sampler, steps
+        if sampler == ONE_STEP:
+            self.num_inference_steps = 1
+            return
         extra = {}
         if sampler == "dpmsolver++":
             # DPM-Solver++ has no clip_sample: its first step (t = T - 1, where the cosine schedule leaves
@@ -149,16 +157,21 @@ class DiffusionModel(PolicyModel):
         b = cond.shape[0]
         cond = cond.repeat_interleave(k, dim=0)
         x = torch.randn((b * k, self.spec.horizon, self.spec.action_dim), generator=generator, device=cond.device)
-        if engine is not None:
-            x = engine.denoise(x, cond, generator)
-        else:
-            sched = self.inference_scheduler
-            sched.set_timesteps(self.num_inference_steps)
-            for t in sched.timesteps:
-                pred = self.unet(x, t.to(cond.device), cond)
-                x = sched.step(pred, t, x, generator=generator).prev_sample
+        x = engine.denoise(x, cond, generator) if engine is not None else self.denoise(x, cond, generator)
         x = x.clamp(-1.0, 1.0)
         return self.normalizer.unnormalize(ACTION_STATS_KEY, x).reshape(b, k, self.spec.horizon, -1)
+
+    def denoise(self, x: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eager reverse process from noise ``x`` (normalized units, before clamping)."""
+        if self.sampler_name == ONE_STEP:
+            t = torch.full((x.shape[0],), self.config.num_train_timesteps - 1, dtype=torch.long, device=x.device)
+            return self.unet(x, t, cond)
+        sched = self.inference_scheduler
+        sched.set_timesteps(self.num_inference_steps)
+        for t in sched.timesteps:
+            pred = self.unet(x, t.to(cond.device), cond)
+            x = sched.step(pred, t, x, generator=generator).prev_sample
+        return x
 
     def inference_engine(self) -> DiffusionInference:
         """The compiled encoders/sampler for the current weights (built or rebuilt on demand)."""

@@ -129,6 +129,9 @@ def compile_module(module: nn.Module, example: tuple[torch.Tensor, ...], names: 
             if isinstance(module, DenoiseLoop):
                 proto = _export_denoise_loop(module, *example)
                 return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=SERIAL_BATCH)
+            if isinstance(module, OneStepSample):
+                proto = _export_onnx(module, example, names)
+                return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=SERIAL_BATCH)
             proto = _export_onnx(module, example, names)
             serial = SERIAL_FRAMES if isinstance(module, CameraGraph) else 0
             return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=serial)
@@ -247,41 +250,47 @@ class CameraGraph(nn.Module):
         return self.model.encoder.encode_camera(self.key, frames)
 
 
-class DenoiseLoop(nn.Module):
-    """The whole reverse process of a deterministic sampler: initial noise + conditioning -> sample.
+class _FactoredFilm(nn.Module):
+    """Holds the U-Net's FiLM weights split by input (``ConditionalUnet1D.film_weights``).
 
-    The U-Net's FiLM vectors are split (``ConditionalUnet1D.film_weights``): the observation part
-    is computed once per call, the diffusion-step part once per timestep when the loop is built.
-    Together they were ~40 % of a U-Net step at batch 1 on CPU.
+    The observation part is computed once per call, the diffusion-step part once per timestep when
+    the sampler is built; together they were ~40 % of a U-Net step at batch 1 on CPU.
     """
 
-    def __init__(self, steps: int, scheduler_cls: type, scheduler_config: Any, unet: nn.Module,
-                 trunk: nn.Module | None = None) -> None:
+    def __init__(self, unet: nn.Module, timesteps: torch.Tensor, trunk: nn.Module | None) -> None:
         super().__init__()
-        self.steps = steps
-        self.scheduler_cls = scheduler_cls
-        self.scheduler_config = scheduler_config
         self.unet = unet
         self.trunk = trunk if trunk is not None else _Trunk(unet)
-        sched = scheduler_cls.from_config(scheduler_config)
-        sched.set_timesteps(steps)
         device = next(unet.parameters()).device
         with torch.no_grad():  # from the weights at build time: DiffusionInference rebuilds when they change
-            step_film = unet.step_film(sched.timesteps.to(device))
+            step_film = unet.step_film(timesteps.to(device))
             _, w_obs, bias = unet.film_weights()
         self.register_buffer("step_film", step_film, persistent=False)  # (steps, S)
         self.register_buffer("w_obs", w_obs.detach().clone(), persistent=False)
         self.register_buffer("bias", bias.detach().clone(), persistent=False)
+
+    def obs_film(self, cond: torch.Tensor) -> torch.Tensor:
+        """The observation part of every block's FiLM vector, ``(B, D)`` -> ``(B, S)``."""
+        return nn.functional.mish(cond) @ self.w_obs.T + self.bias
+
+
+class DenoiseLoop(_FactoredFilm):
+    """The whole reverse process of a deterministic sampler: initial noise + conditioning -> sample."""
+
+    def __init__(self, steps: int, scheduler_cls: type, scheduler_config: Any, unet: nn.Module,
+                 trunk: nn.Module | None = None) -> None:
+        sched = scheduler_cls.from_config(scheduler_config)
+        sched.set_timesteps(steps)
+        super().__init__(unet, sched.timesteps, trunk)
+        self.steps = steps
+        self.scheduler_cls = scheduler_cls
+        self.scheduler_config = scheduler_config
 
     @classmethod
     def of(cls, model: DiffusionModel) -> DenoiseLoop:
         """The loop of ``model``'s current sampler and step count."""
         sched = model.inference_scheduler
         return cls(model.num_inference_steps, type(sched), sched.config, model.unet)
-
-    def obs_film(self, cond: torch.Tensor) -> torch.Tensor:
-        """The observation part of every block's FiLM vector, ``(B, D)`` -> ``(B, S)``."""
-        return nn.functional.mish(cond) @ self.w_obs.T + self.bias
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``x`` (B, horizon, A) noise, ``cond`` (B, D) -> denoised (B, horizon, A), before clamping."""
@@ -291,6 +300,17 @@ class DenoiseLoop(nn.Module):
         for k, t in enumerate(sched.timesteps):
             x = sched.step(self.trunk(x, obs_film + self.step_film[k]), t, x).prev_sample
         return x
+
+
+class OneStepSample(_FactoredFilm):
+    """A distilled policy's sampler: one U-Net call at the last training timestep maps noise to a chunk."""
+
+    def __init__(self, unet: nn.Module, timestep: int) -> None:
+        super().__init__(unet, torch.tensor([timestep]), None)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, horizon, A) noise, ``cond`` (B, D) -> chunk (B, horizon, A), before clamping."""
+        return self.trunk(x, self.obs_film(cond) + self.step_film[0])
 
 
 class FrameFeatureCache:
@@ -410,7 +430,10 @@ class DiffusionInference:
             h, a, d = m.spec.horizon, m.spec.action_dim, m.encoder.out_dim
             cond = torch.randn(2, d, device=self.device)
             x = torch.randn(2, h, a, device=self.device)
-            if m.sampler_name in DETERMINISTIC_SAMPLERS:
+            if m.sampler_name == "onestep":
+                module = OneStepSample(m.unet, m.config.num_train_timesteps - 1)
+                self._samplers[key] = (self._build(module, (x, cond), ("x", "cond"), "one-step sampler"), True)
+            elif m.sampler_name in DETERMINISTIC_SAMPLERS:
                 what = f"{m.sampler_name}-{m.num_inference_steps} sampler"
                 self._samplers[key] = (self._build(DenoiseLoop.of(m), (x, cond), ("x", "cond"), what), True)
             else:

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from robot_learning.config import save_config
-from robot_learning.policies.base import PolicySpec
+from robot_learning.policies.base import PolicySpec, check_spec_matches
 from robot_learning.policies.checkpoint import (
     atomic_save,
     build_model,
@@ -163,22 +163,6 @@ def _policy_spec(run: RunSection, store: Any) -> PolicySpec:
         control_hz=float(task.get("control_hz", 10.0)),
         action_mode=str(task.get("action_mode", "ee_delta")),
     )
-
-
-def check_spec_matches(saved: PolicySpec, current: PolicySpec, where: str) -> None:
-    """Raise ValueError listing every obs key/shape or action dim that differs."""
-    problems = []
-    for key in sorted(set(saved.obs_shapes) | set(current.obs_shapes)):
-        a, b = saved.obs_shapes.get(key), current.obs_shapes.get(key)
-        if a != b:
-            problems.append(f"'{key}': checkpoint {a}, {where} {b}")
-    if saved.action_dim != current.action_dim:
-        problems.append(f"action_dim: checkpoint {saved.action_dim}, {where} {current.action_dim}")
-    for name in ("n_obs_steps", "horizon", "n_action_steps"):
-        if getattr(saved, name) != getattr(current, name):
-            problems.append(f"{name}: checkpoint {getattr(saved, name)}, {where} {getattr(current, name)}")
-    if problems:
-        raise ValueError(f"checkpoint does not match the {where}: " + "; ".join(problems))
 
 
 def check_finite(store: Any, keys: list[str], episodes: list[int]) -> None:
