@@ -85,6 +85,11 @@ def _rows_spec(quick: bool) -> list[tuple]:
                     continue
                 rows.append((label, "diffusion", 96, ov, backend, sampler, steps, 2))
         rows.append((label, "diffusion", 96, ov, "onnxruntime", "ddim", 10, 1))
+    # a distilled student has its teacher's network; latency does not depend on the (random) weights
+    one_step = ["policy.params.teacher=''"]
+    for backend in ("eager", "onnxruntime"):
+        rows.append(("diffusion one-step (distilled), U-Net 32/64/128", "diffusion_onestep", 96, one_step, backend,
+                     "onestep", 1, 2))
     rows.append(("diffusion, U-Net 32/64/128, 32 px (trained runs)", "diffusion", 32, [], "onnxruntime", "ddim", 10, 2))
     rows.append(("BC (MLP head)", "bc", 96, [], "eager", "-", 0, 2))
     rows.append(("BC (GMM head)", "bc_gmm", 96, [], "eager", "-", 0, 2))

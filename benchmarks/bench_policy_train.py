@@ -15,8 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,6 +37,30 @@ def _run(cmd: list[str]) -> None:
 def _finished(out: Path, steps: int) -> bool:
     latest = out / "checkpoints" / "latest.pt"
     return latest.exists() and torch.load(latest, weights_only=True)["train_state"]["step"] >= steps
+
+
+def _train_minutes(out: Path) -> float:
+    """Training wall time of a run over all its invocations, from metrics.csv (steps / steps_per_s per row)."""
+    import csv
+
+    minutes, last_step = 0.0, 0
+    with open(out / "metrics.csv") as f:
+        for row in csv.DictReader(f):
+            step = int(row["step"])
+            if step > last_step and row.get("steps_per_s"):
+                minutes += (step - last_step) / float(row["steps_per_s"]) / 60
+            last_step = step
+    return minutes
+
+
+def _sampler(run_cfg: Any, eval_cfg: Any) -> str:
+    """The sampler an evaluation ran with (its override, else the checkpoint's configured one)."""
+    params = run_cfg.policy.params
+    if "sampler" not in params:
+        return "-"
+    name = eval_cfg.get("sampler") or params.sampler
+    steps = eval_cfg.get("num_inference_steps") or params.num_inference_steps
+    return f"{name}-{steps}"
 
 
 def main() -> int:
@@ -74,22 +100,24 @@ def main() -> int:
             _run([RLSTACK, "eval", f"checkpoint={out / 'policy.pt'}", f"task={args.task}",
                   f"task.image_size={args.image_size}", f"episodes={args.eval_episodes}", f"procs={args.procs}",
                   "dr=none", f"out={report_dir}"])
-        report = EvalReport.from_json(report_dir / "report.json")
-        # training wall time: from the resolved config (written once data are loaded) to the last checkpoint
-        wall_min = ((out / "policy.pt").stat().st_mtime - (out / "config.yaml").stat().st_mtime) / 60
+        run_cfg = OmegaConf.load(out / "config.yaml")
         params = sum(v.numel() for v in torch.load(out / "policy.pt", weights_only=True)["state_dict"].values())
-        rows.append([args.task, name, f"{args.image_size} px x2 + proprio", args.demos, steps, f"{params / 1e6:.2f}",
-                     f"{wall_min:.0f}", format_rate(report.successes, report.n_episodes, report.seeds),
-                     f"{report.mean_length:.1f}"])
-        print(rows[-1], flush=True)
+        # every evaluation of the run (eval_<task>_none, eval_<task>_none_ddpm100, ...): one row each
+        for report_dir in sorted(out.glob(f"eval_{args.task}_none*")):
+            report = EvalReport.from_json(report_dir / "report.json")
+            rows.append([args.task, run_cfg.policy.type, out.name, f"{args.image_size} px x2 + proprio", args.demos,
+                         steps, run_cfg.train.batch_size, f"{params / 1e6:.2f}", f"{_train_minutes(out):.0f}",
+                         _sampler(run_cfg, OmegaConf.load(report_dir / "config.yaml")),
+                         format_rate(report.successes, report.n_episodes, report.seeds), f"{report.mean_length:.1f}"])
+            print(rows[-1], flush=True)
     body = markdown_table(
-        ["task", "policy", "observations", "demos", "train steps (batch 32)", "params (M)", "train wall min",
-         "success (eval episodes, Wilson 95% CI, seeds)", "mean length"], rows,
+        ["task", "policy", "run", "observations", "demos", "train steps", "batch (last)", "params (M)",
+         "train wall min", "sampler", "success (eval episodes, Wilson 95% CI, seeds)", "mean length"], rows,
     ) + (
         f"\n\nConditions: CPU only (no GPU); {load_note()} One torch thread per run, diffusion and BC trained side by side. "
         "Camera resolution reduced from the sim default (96 px) so that a run fits in under an hour here; "
-        "evaluation seeds 100000.. are disjoint from the demo seeds 0..99. Wall time excludes the ~1 min of "
-        f"data loading and counts only the last invocation of a resumed run. {args.note} "
+        "evaluation seeds 100000.. are disjoint from the demo seeds 0..99. Wall time sums the logged "
+        f"training intervals of every invocation of a run (resumed runs included), without data loading. {args.note} "
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     write_section(f"policy_train_{args.task}", f"Base policy training results: {args.task}", body,
