@@ -213,6 +213,12 @@ class PolicyController:
                 self.diag.inference_error(f"chunk of shape {actions.shape}, expected "
                                           f"{(self.spec.horizon, self.spec.action_dim)}")
                 return True
+            rejected = self.safety.reject_chunk(actions)
+            if rejected is not None:
+                # a broken output: drop the whole plan and hold until the next valid chunk
+                self.scheduler.clear()
+                self.last_problem = rejected
+                return True
             self.scheduler.add_chunk(actions, t_obs, arrived)
             lat = arrived - t_obs
             self.latency_est_s = lat if self.latency_est_s == 0.0 else 0.8 * self.latency_est_s + 0.2 * lat

@@ -131,6 +131,19 @@ class SafetyLayer:
                 hold[d] = self.last[d]
         return hold
 
+    def reject_chunk(self, actions: np.ndarray) -> str | None:
+        """Why a whole chunk must never be scheduled (NaN/inf anywhere), counted as ``bad_action``; else None.
+
+        Checked at arrival as well as per tick: a blended schedule (crossfade) would otherwise mix a
+        non-finite chunk into the valid chunks after it and poison them too.
+        """
+        bad = ~np.isfinite(np.asarray(actions, dtype=np.float64))
+        if not bad.any():
+            return None
+        reason = f"bad_action: NaN/inf in chunk steps {np.flatnonzero(bad.any(axis=-1)).tolist()}"
+        self.counts["bad_action"] = self.counts.get("bad_action", 0) + 1
+        return reason
+
     def _hold(self, reason: str) -> SafetyDecision:
         key = reason.split(":")[0]
         self.counts[key] = self.counts.get(key, 0) + 1

@@ -241,6 +241,31 @@ def test_controller_streams_policy_actions_and_drops_late_ones() -> None:
     assert d["chunks"] >= 2 and d["late_dropped_actions"] >= 2  # 0.12 s latency drops >= 2 actions per chunk
 
 
+class EveryOtherChunkNaN(StepPolicy):
+    """Valid and NaN chunks in turn."""
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        out = super().predict_chunk(obs_history)
+        return out * np.nan if self.calls % 2 == 0 else out
+
+
+@pytest.mark.parametrize("blend", ["crossfade", "temporal_ensemble", "latest"])
+def test_a_nan_chunk_is_dropped_on_arrival_and_never_poisons_the_next_valid_one(blend: str) -> None:
+    policy = EveryOtherChunkNaN()
+    ctrl = PolicyController(policy, SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]),
+                            SchedulerConfig(blend=blend))
+    ctrl.start()
+    try:
+        results = run_controller(ctrl, 1.0)
+    finally:
+        ctrl.stop()
+    assert policy.calls >= 4 and ctrl.safety.counts.get("bad_action", 0) >= 2
+    assert all(np.all(np.isfinite(r.action)) for r in results if r.action is not None)
+    # after the first valid chunk: valid chunks drive the robot, a NaN one drops the plan (hold) until the next
+    sources = [r.source for r in results]
+    assert sources.count("policy") >= len(results) // 3 and "hold" in sources[sources.index("policy"):]
+
+
 def test_controller_holds_on_nan_policy_and_on_watchdog_and_reports_why() -> None:
     ctrl = PolicyController(StepPolicy(nan=True), SafetyConfig(hold_keep_dims=[]))
     ctrl.start()
