@@ -121,7 +121,8 @@ def main() -> int:
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}."
     )
     write_section(f"policy_train_{args.task}", f"Base policy training results: {args.task}", body,
-                  f".venv/bin/python benchmarks/bench_policy_train.py --task {args.task} --image-size {args.image_size}")
+                  f".venv/bin/python benchmarks/bench_policy_train.py --task {args.task} --image-size {args.image_size}"
+                  + "".join(f" --collect {' '.join(args.collect)}" for _ in args.collect[:1]) + " [--note ...]")
     return 0
 
 

@@ -10,6 +10,9 @@ it gets EMA, checkpoints, exact resume and DDP like any other policy:
     rlstack train policy=diffusion_onestep policy.params.teacher=runs/lift_dp/policy.pt \\
         data.store=data/lift.zarr out_dir=runs/lift_dp_1step
 
+The teacher's U-Net predicts noise, the student's the chunk itself, so the first few hundred steps
+mostly re-learn the output (loss ~0.8 -> ~0.01 on lift); from then on it refines the mapping.
+
 The student's checkpoint is self-contained (``sampler: onestep``); the teacher file is read only
 when the student is trained.
 """
