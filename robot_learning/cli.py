@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 # name -> (module, one-line help). Order follows the data flow.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,6 +62,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError, OmegaConfBaseException, HydraException) as exc:
+        # bad input (config, paths, mismatched data): the message says what and where; the
+        # traceback only helps when debugging the stack itself (RLSTACK_TRACEBACK=1)
+        if os.environ.get("RLSTACK_TRACEBACK"):
+            raise
+        print(f"rlstack {name}: error: {_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def _message(exc: BaseException) -> str:
+    """One readable line for a user error (OmegaConf's own text carries a multi-line key dump)."""
+    text = str(exc).strip()
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        text = text.splitlines()[0] + (f" (config key {key})" if key else "")
+    if isinstance(exc, HydraException):
+        text = " ".join(text.splitlines())
+        if exc.__cause__ is not None:
+            text += f" ({str(exc.__cause__).strip().splitlines()[0]})"
+    return text
 
 
 if __name__ == "__main__":

@@ -67,3 +67,19 @@ def test_config_validation_names_the_key() -> None:
         validate_run_config(compose("train", ["+train.batch_sizee=3"]))
     with pytest.raises(ValueError, match="steps"):
         validate_run_config(compose("train", ["train.steps=abc"]))
+
+
+def test_rlstack_reports_bad_config_in_one_line_with_exit_code_2(capsys, monkeypatch) -> None:
+    from robot_learning.cli import main as rlstack
+
+    monkeypatch.delenv("RLSTACK_TRACEBACK", raising=False)
+    assert rlstack(["train", "policy=diffusion", "foo.bar=1"]) == 2
+    err = capsys.readouterr().err
+    assert "rlstack train: error: Could not override 'foo.bar'" in err and "Traceback" not in err
+    assert rlstack(["train", "policy=diffusion_onestep"]) == 2
+    assert "Missing mandatory value: teacher (config key policy.params.teacher)" in capsys.readouterr().err
+    assert rlstack(["eval", "checkpoint=missing.pt"]) == 2
+    assert "checkpoint not found: missing.pt" in capsys.readouterr().err
+    monkeypatch.setenv("RLSTACK_TRACEBACK", "1")  # debugging the stack itself: the exception propagates
+    with pytest.raises(FileNotFoundError):
+        rlstack(["eval", "checkpoint=missing.pt"])
