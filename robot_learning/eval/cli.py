@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     ecfg = to_dataclass(cfg, EvalConfig, where="rlstack eval")
     if ecfg.episodes < 1 or ecfg.procs < 1:
         raise SystemExit("rlstack eval: episodes and procs must be >= 1")
+    if not Path(ecfg.checkpoint).is_file():  # before anything is written next to it
+        raise FileNotFoundError(f"checkpoint not found: {ecfg.checkpoint}")
     task_name, _, _ = task_settings(ecfg.task)
     out = Path(ecfg.out) if ecfg.out else Path(ecfg.checkpoint).resolve().parent / f"eval_{task_name}_{ecfg.dr}"
     out.mkdir(parents=True, exist_ok=True)

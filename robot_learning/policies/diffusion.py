@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from robot_learning.policies.base import PolicySpec
 from robot_learning.policies.encoders import EncoderConfig
-from robot_learning.policies.fast_inference import BACKENDS, DiffusionInference
+from robot_learning.policies.fast_inference import BACKENDS, ONE_STEP, DiffusionInference
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
 from robot_learning.policies.unet import ConditionalUnet1D
 
@@ -35,7 +35,6 @@ class ClippedDPMSolver(DPMSolverMultistepScheduler):
 
 
 SAMPLERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": ClippedDPMSolver}
-ONE_STEP = "onestep"  # x0 = U-Net(noise, T - 1, obs) in one call; only for distilled policies (distill.py)
 
 
 @dataclass

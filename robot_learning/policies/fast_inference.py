@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from robot_learning.policies.unet import obs_film_from
+
 if TYPE_CHECKING:
     from robot_learning.policies.diffusion import DiffusionModel
 
@@ -44,9 +46,10 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "eager", "torchscript", "onnxruntime")
 DETERMINISTIC_SAMPLERS = ("ddim", "dpmsolver++")
 ONNX_OPSET = 18
-VERIFY_TOL = 1e-3
+VERIFY_TOL = 1e-3  # compiled vs eager on the build check: |got - want| / (1 + |want|)
 SERIAL_BATCH = 2  # sampler calls with at most this many chunks run single-threaded (see _OrtRunner)
-SERIAL_FRAMES = 4  # camera-encoder calls with at most this many frames, likewise  # compiled vs eager on the build check: |got - want| / (1 + |want|)
+SERIAL_FRAMES = 4  # camera-encoder calls with at most this many frames, likewise
+ONE_STEP = "onestep"  # sampler name of distilled policies: x0 = U-Net(noise, T - 1, obs) in one call
 
 Runner = Callable[..., torch.Tensor]
 
@@ -128,12 +131,10 @@ def compile_module(module: nn.Module, example: tuple[torch.Tensor, ...], names: 
         if backend == "onnxruntime":
             if isinstance(module, DenoiseLoop):
                 proto = _export_denoise_loop(module, *example)
-                return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=SERIAL_BATCH)
-            if isinstance(module, OneStepSample):
+            else:
                 proto = _export_onnx(module, example, names)
-                return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=SERIAL_BATCH)
-            proto = _export_onnx(module, example, names)
-            serial = SERIAL_FRAMES if isinstance(module, CameraGraph) else 0
+            serial = (SERIAL_BATCH if isinstance(module, _FactoredFilm)
+                      else SERIAL_FRAMES if isinstance(module, CameraGraph) else 0)
             return _OrtRunner(proto.SerializeToString(), names, torch.get_num_threads(), serial_batch=serial)
     raise ValueError(f"cannot compile for backend '{backend}'")
 
@@ -271,7 +272,7 @@ class _FactoredFilm(nn.Module):
 
     def obs_film(self, cond: torch.Tensor) -> torch.Tensor:
         """The observation part of every block's FiLM vector, ``(B, D)`` -> ``(B, S)``."""
-        return nn.functional.mish(cond) @ self.w_obs.T + self.bias
+        return obs_film_from(cond, self.w_obs, self.bias)
 
 
 class DenoiseLoop(_FactoredFilm):
@@ -430,7 +431,7 @@ class DiffusionInference:
             h, a, d = m.spec.horizon, m.spec.action_dim, m.encoder.out_dim
             cond = torch.randn(2, d, device=self.device)
             x = torch.randn(2, h, a, device=self.device)
-            if m.sampler_name == "onestep":
+            if m.sampler_name == ONE_STEP:
                 module = OneStepSample(m.unet, m.config.num_train_timesteps - 1)
                 self._samplers[key] = (self._build(module, (x, cond), ("x", "cond"), "one-step sampler"), True)
             elif m.sampler_name in DETERMINISTIC_SAMPLERS:

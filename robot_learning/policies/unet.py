@@ -9,6 +9,10 @@ import torch
 from torch import nn
 
 
+def obs_film_from(global_cond: torch.Tensor, w_obs: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The observation part (+ bias) of the blocks' FiLM vectors from their stacked weights."""
+    return nn.functional.mish(global_cond) @ w_obs.T + bias
+
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of a scalar (the diffusion step)."""
 
@@ -148,7 +152,7 @@ class ConditionalUnet1D(nn.Module):
     def obs_film(self, global_cond: torch.Tensor) -> torch.Tensor:
         """The observation part (+ bias) of every block's FiLM vector: ``(B, D)`` -> ``(B, S)``."""
         _, w_obs, bias = self.film_weights()
-        return nn.functional.mish(global_cond) @ w_obs.T + bias
+        return obs_film_from(global_cond, w_obs, bias)
 
     def trunk(self, sample: torch.Tensor, film: torch.Tensor) -> torch.Tensor:
         """The U-Net proper: ``sample`` (B, T, A) and the blocks' FiLM vectors (B, S) -> (B, T, A)."""
