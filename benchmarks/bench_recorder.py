@@ -95,7 +95,7 @@ def main() -> int:
     from std_srvs.srv import Trigger
 
     from benchmarks._table import markdown_table, write_section
-    from ros_nodes.alignment import StreamConfig
+    from robot_learning.data.alignment import StreamConfig
     from ros_nodes.common import TOPICS, NodeProcess, apply_loopback_env, loopback_env
 
     env = loopback_env(args.domain_id)

@@ -227,7 +227,8 @@ def _prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tupl
 
 def sim_obs_shapes(run_cfg: DeployRunConfig) -> dict[str, list[int]]:
     """What the sim_robot node publishes, so a policy that needs anything else is refused at start-up."""
-    from robot_learning.deploy.scripted import PRIVILEGED_KEY, privileged_layout
+    from robot_learning.deploy.scripted import PRIVILEGED_KEY
+    from sim.privileged import privileged_layout
 
     r = run_cfg.robot
     shapes = {f"camera_{c}": [r.image_size, r.image_size, 3] for c in r.cameras}

@@ -1,7 +1,7 @@
 """``recorder`` node: configured topics -> aligned control steps -> one committed episode at a time.
 
 Subscriptions are KEEP_ALL (reliable by default): a shallow KEEP_LAST reader silently overwrites
-frames under load. Steps are aligned by ``ros_nodes.alignment`` and appended to the store by a
+frames under load. Steps are aligned by ``robot_learning.data.alignment`` and appended to the store by a
 writer thread as they resolve, so callbacks never wait on disk; ``/recorder/stop`` commits.
 
 Services (std_srvs): ``/recorder/start`` (Trigger), ``/recorder/stop`` (Trigger, commits; the reply
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ros_nodes.alignment import EpisodeAligner, SampleError, Step, StreamConfig, decode
+from robot_learning.data.alignment import EpisodeAligner, SampleError, Step, StreamConfig, decode
 
 
 @dataclass

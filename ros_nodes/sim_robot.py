@@ -18,10 +18,7 @@ import numpy as np
 
 from robot_learning.robot import Observation
 from ros_nodes.common import TOPICS
-
-STEPS_LABEL = "steps"  # segment of the privileged-state message: control steps since reset
-FLAG_PREFIX = "task_"  # segments holding task predicates (e.g. task_stacked)
-DR_PREFIX = "dr_"  # segments holding the episode's scalar randomization values (e.g. dr_latency_steps)
+from sim.privileged import privileged_segments
 
 
 class SimRobotLoop:
@@ -90,16 +87,7 @@ class SimRobotLoop:
 
     def privileged(self) -> dict[str, np.ndarray]:
         """What the expert teleoperator reads: privileged state, step counter and task predicates."""
-        out = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in self.robot.privileged().items()}
-        out[STEPS_LABEL] = np.array([float(self.robot.steps)])
-        for flag in self.task_flags:
-            out[FLAG_PREFIX + flag] = np.array([float(bool(getattr(self.robot.task, flag)()))])
-        # An operator knows how the robot behaves this episode (e.g. its command latency); the expert
-        # reads these from robot.dr, so the scalar ones travel too.
-        for name, value in vars(getattr(self.robot, "dr", None) or object()).items():
-            if isinstance(value, (bool, int, float, np.integer, np.floating)):
-                out[DR_PREFIX + name] = np.array([float(value)])
-        return out
+        return privileged_segments(self.robot, self.task_flags)
 
 
 def make_node(robot: Any | None = None) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ros_nodes.common import TOPICS
-from ros_nodes.sim_robot import DR_PREFIX, FLAG_PREFIX, STEPS_LABEL
+from sim.privileged import PrivilegedView
 
 # key -> (action index, sign) for motion keys
 MOTION_KEYS: dict[str, tuple[int, float]] = {
@@ -35,58 +35,6 @@ MOTION_KEYS: dict[str, tuple[int, float]] = {
 RECORDER_KEYS: dict[str, str] = {
     "b": TOPICS.recorder_start, "n": TOPICS.recorder_stop, "x": TOPICS.recorder_discard, "y": TOPICS.recorder_mark_success,
 }
-
-
-class PrivilegedView:
-    """Stands in for the sim robot in the teleop process: what the expert reads, from the topic."""
-
-    def __init__(self, control_hz: float) -> None:
-        self.control_hz = float(control_hz)
-        self.steps = 0
-        self._state: dict[str, np.ndarray] = {}
-        self.task = _TaskFlags(self)
-        self.dr = _DRValues(self)
-
-    def update(self, segments: dict[str, np.ndarray]) -> None:
-        """Take one privileged-state message (labelled segments)."""
-        if STEPS_LABEL not in segments:
-            raise ValueError(f"{TOPICS.privileged_state}: no '{STEPS_LABEL}' segment (got {sorted(segments)})")
-        self.steps = int(segments[STEPS_LABEL][0])
-        self._state = segments
-
-    def privileged(self) -> dict[str, np.ndarray]:
-        """The robot's privileged state (as ``SimRobot.privileged``)."""
-        return {k: v.astype(np.float32) for k, v in self._state.items()
-                if k != STEPS_LABEL and not k.startswith((FLAG_PREFIX, DR_PREFIX))}
-
-
-class _DRValues:
-    """``robot.dr.<field>`` answered from ``dr_<field>`` segments (scalars only)."""
-
-    def __init__(self, view: PrivilegedView) -> None:
-        self._view = view
-
-    def __getattr__(self, name: str) -> float:
-        key = DR_PREFIX + name
-        if key not in self._view._state:
-            raise AttributeError(f"the expert asked for robot.dr.{name} but sim_robot does not publish it "
-                                 f"(only scalar randomization values travel)")
-        return float(self._view._state[key][0])
-
-
-class _TaskFlags:
-    """``robot.task.<predicate>()`` answered from ``task_<predicate>`` segments."""
-
-    def __init__(self, view: PrivilegedView) -> None:
-        self._view = view
-
-    def __getattr__(self, name: str) -> Callable[[], bool]:
-        key = FLAG_PREFIX + name
-        if key not in self._view._state:
-            raise AttributeError(
-                f"the expert asked for task.{name}() but sim_robot does not publish it: "
-                f"start sim_robot with -p task_flags:=\"[{name}]\"")
-        return lambda: bool(self._view._state[key][0] > 0.5)
 
 
 class ExpertTeleop:

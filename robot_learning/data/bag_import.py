@@ -1,6 +1,6 @@
 """``rlstack data import-bag``: rosbag2 recordings (sqlite3 or mcap, read with ``rosbags``) -> episodes.
 
-The topic mapping and the alignment are the recorder's (``ros_nodes.alignment``), taken from the
+The topic mapping and the alignment are the recorder's (``robot_learning.data.alignment``), taken from the
 same Hydra config as ``rlstack collect`` (``configs/collect.yaml``), so a session recorded with
 ``ros2 bag record`` becomes the same training data the live recorder would have written. Messages
 are fed in log-time order; unstamped messages (``/action``) use their log time, which is their
@@ -47,7 +47,7 @@ def import_bag(
     from rosbags.highlevel import AnyReader
 
     from robot_learning.data.store import EpisodeMeta
-    from ros_nodes.alignment import EpisodeAligner, SampleError, decode
+    from robot_learning.data.alignment import EpisodeAligner, SampleError, decode
 
     bag = Path(bag)
     if not bag.exists():
@@ -134,8 +134,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from robot_learning.data.store import EpisodeStore
-    from ros_nodes.alignment import StreamConfig
-    from ros_nodes.collect import load_config
+    from robot_learning.data.alignment import StreamConfig
+    from robot_learning.data.collect_config import load_config
 
     try:
         cfg, _ = load_config(list(args.config), graph=False)

@@ -18,31 +18,13 @@ from robot_learning.policies.base import Policy, PolicySpec
 PRIVILEGED_KEY = "privileged_state"
 
 
-def privileged_layout(task: str, task_flags: tuple[str, ...] = ()) -> dict[str, int]:
-    """Segment sizes of the sim_robot node's privileged-state vector for ``task``.
-
-    Computed with the node's own (plain-Python) ``SimRobotLoop.privileged`` so it always matches
-    what the node publishes (robot state, step counter, task flags, scalar randomization values).
-    """
-    from ros_nodes.sim_robot import SimRobotLoop
-    from sim import make_robot
-
-    robot = make_robot(task=task, cameras=(), render=False)
-    try:
-        loop = SimRobotLoop(robot, task_flags=task_flags)
-        loop.reset()
-        return {k: int(np.size(v)) for k, v in loop.privileged().items()}
-    finally:
-        robot.close()
-
-
 class ExpertPolicy(Policy):
     """The sim's scripted expert as a policy over the ``privileged_state`` observation."""
 
     def __init__(self, task: str = "lift", control_hz: float = 10.0, quality: float = 1.0, seed: int = 0,
                  task_flags: tuple[str, ...] = (), layout: dict[str, int] | None = None) -> None:
-        from ros_nodes.teleop import PrivilegedView
         from sim import make_expert
+        from sim.privileged import PrivilegedView, privileged_layout
 
         self.task = task
         self.layout = dict(layout or privileged_layout(task, task_flags))

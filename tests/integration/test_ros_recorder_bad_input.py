@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
+from robot_learning.data.alignment import StreamConfig
 from robot_learning.data.store import EpisodeStore
-from ros_nodes.alignment import StreamConfig
 from ros_nodes.common import NodeProcess, numpy_to_float_array, numpy_to_image, numpy_to_joint_state
 
 pytestmark = pytest.mark.integration

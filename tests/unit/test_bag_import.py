@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from robot_learning.data import bag_import
+from robot_learning.data.alignment import StreamConfig
 from robot_learning.data.store import EpisodeStore
-from ros_nodes.alignment import StreamConfig
 
 T0 = 1_700_000_000.0
 STREAMS = [

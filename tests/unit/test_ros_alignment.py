@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ros_nodes.alignment import EpisodeAligner, SampleError, StreamConfig
+from robot_learning.data.alignment import EpisodeAligner, SampleError, StreamConfig
 
 T0 = 1_700_000_000.0
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from ros_nodes.alignment import StreamConfig
+from robot_learning.data.alignment import StreamConfig
 from ros_nodes.collect import add_arguments, load_config, node_params, run
 
 

@@ -9,10 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from ros_nodes.alignment import StreamConfig
+from robot_learning.data.alignment import StreamConfig
 from ros_nodes.recorder import Recorder, RecorderSettings
 from ros_nodes.sim_robot import SimRobotLoop
-from ros_nodes.teleop import ExpertTeleop, KeyboardTeleop, PrivilegedView
+from ros_nodes.teleop import ExpertTeleop, KeyboardTeleop
+from sim.privileged import PrivilegedView
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ros_nodes.common import (
+from robot_learning.data.messages import (
     compressed_to_numpy,
     float_array_to_numpy,
     image_to_numpy,
