@@ -25,8 +25,17 @@ from zarr.core.sync import sync
 from robot_learning.data.codecs import JpegCodec
 
 SCHEMA_VERSION = 1
-SOURCES = ("teleop", "policy", "intervention", "scripted")
-STEP_STAMPED = ("action", "reward", "done", "terminal", "intervention")
+SOURCES = ("teleop", "policy", "intervention", "scripted", "arena")
+# The one step schema every writer uses (teleop recorder, policy node, sim demos, arena, RL actors):
+# key -> dtype. ``action`` is the executed action (the operator's during a takeover); ``reward`` is
+# what the writer observed (0 where it knows none; labels are computed later, never rewritten in
+# place); ``done`` ends the episode, ``terminal`` says the end is a true terminal state (success or
+# failure, no bootstrapping), ``done and not terminal`` is a truncation; ``intervention`` is a person
+# in control; ``control_source`` is a code into CONTROL_SOURCES.
+STEP_SCHEMA = {"reward": np.float32, "done": np.bool_, "terminal": np.bool_, "intervention": np.bool_,
+               "control_source": np.uint8}
+CONTROL_SOURCES = ("policy", "human", "hold", "estop")
+STEP_STAMPED = ("action", "reward", "done", "terminal", "intervention", "control_source")
 IMAGE_PREFIX = "camera_"
 IMAGE_CODECS = ("jpeg", "lossless")
 STAMP_PREFIX = "stamp/"
