@@ -81,6 +81,12 @@ class PolicyController:
         self.last_tick: TickResult | None = None
         self.last_problem = ""
         self._last_t_obs = 0.0  # capture stamp of the newest observation already inferred on
+        # Per-step hook (Policy.step_action): runs here, in the control thread, once per executed policy
+        # action, on the newest observation history. A policy in a child process (isolation=process)
+        # hands its hook back to this process at start (deploy/worker.py), so the hook never waits for
+        # chunk inference; a policy without a hook skips all of this and behaves as before.
+        self._step_hook = bool(policy.has_step_hook)
+        self.step_hook_ms = float("nan")
 
     # -- inputs -------------------------------------------------------------------------------
     def on_observation(self, key: str, value: np.ndarray, stamp: float) -> None:
@@ -159,6 +165,8 @@ class PolicyController:
             else:
                 proposal = self.scheduler.action_at(now)
                 source = "policy"
+                if proposal is not None and self._step_hook:
+                    proposal = self._apply_step_hook(proposal, now)
             decision = self.safety.filter(proposal, now, stamps, ee_pos=None if ee is None else ee[:3],
                                           joint_pos=joints)
         if decision.status == "hold":
@@ -168,6 +176,24 @@ class PolicyController:
         self.last_tick = result
         self._wake.set()
         return result
+
+    def _apply_step_hook(self, planned: np.ndarray, now: float) -> np.ndarray | None:
+        """The policy's correction of the planned action from the current observations (None = hold)."""
+        newest = self.scheduler.newest()
+        step = newest.index_at(now) if newest is not None else None
+        try:
+            obs, _ = self.history.sample(self.spec.n_obs_steps, self.policy_dt)
+            t = time.perf_counter()
+            action = np.asarray(self.policy.step_action(obs, planned, 0 if step is None else step), dtype=np.float64)
+            self.step_hook_ms = (time.perf_counter() - t) * 1e3
+        except Exception as exc:  # a failing correction holds the robot (never an uncorrected guess)
+            self.diag.inference_error(f"step hook: {type(exc).__name__}: {exc}")
+            self.last_problem = f"step hook failed: {exc}"
+            return None
+        if action.shape != planned.shape:
+            self.last_problem = f"step hook returned shape {action.shape}, expected {planned.shape}"
+            return None
+        return action
 
     # -- inference worker ---------------------------------------------------------------------------
     def _should_infer(self, now: float) -> bool:
@@ -266,6 +292,7 @@ class PolicyController:
             "rejected_observations": dict(self.history.stats.rejected),
             "last_problem": self.last_problem,
             "latency_est_ms": self.latency_est_s * 1e3,
+            "step_hook_ms": self.step_hook_ms,
         }
         if self.last_tick is not None:
             d["source"] = self.last_tick.source

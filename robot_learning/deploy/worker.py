@@ -57,7 +57,8 @@ def _answer(conn: Any, factory: Callable[[], Policy]) -> None:
     try:
         policy = factory()
         warm_up(policy)  # lazily built inference graphs are built before the node's first tick needs them
-        conn.send(("ready", -1, policy.spec.to_dict(), type(policy).__name__, os.getpid()))
+        # the per-step hook (if any) runs in the node's control thread, not here: send it back
+        conn.send(("ready", -1, policy.spec.to_dict(), type(policy).__name__, os.getpid(), policy.step_hook()))
     except Exception as exc:  # report why start-up failed; the parent raises it
         conn.send(("error", -1, f"building the policy failed: {type(exc).__name__}: {exc}", isinstance(exc, ValueError)))
         return
@@ -93,6 +94,7 @@ class ProcessPolicy(Policy):
         self._proc: Any = None
         self._conn: Any = None
         self._closed = False
+        self._hook: Any = None  # the policy's step hook, sent back by the child (Policy.step_hook)
         self.restarts = -1  # the first start is not a restart
         self.last_infer_ms = float("nan")
         self.inner_name = name
@@ -130,6 +132,7 @@ class ProcessPolicy(Policy):
             proc.kill()
             raise PolicyWorkerError(f"restarted policy has a different spec: {spec} != {self.spec}")
         self.inner_name = self.inner_name or reply[3]
+        self._hook = reply[5] if len(reply) > 5 else None
         self._proc, self._conn = proc, parent
         self.restarts += 1
         return spec
@@ -184,8 +187,22 @@ class ProcessPolicy(Policy):
         return reply[2]
 
     def reset(self) -> None:
-        """Reset the policy's per-episode state in the child."""
+        """Reset the policy's per-episode state in the child (and of its hook, here)."""
         self._request("reset")
+        if self._hook is not None:
+            self._hook.reset()
+
+    @property
+    def has_step_hook(self) -> bool:
+        """Whether the child's policy sent a per-step hook at start."""
+        return getattr(self, "_hook", None) is not None
+
+    def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
+                    step_in_chunk: int) -> np.ndarray:
+        """The child's policy's per-step hook, run in this process (never waits for the child)."""
+        if self._hook is None:
+            return planned_action
+        return self._hook.step_action(obs_history, planned_action, step_in_chunk)
 
     def close(self) -> None:
         """Stop the child process (a prediction still in flight after 1 s is ended by killing it)."""

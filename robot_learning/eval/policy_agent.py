@@ -32,6 +32,8 @@ class PolicyAgent:
         self.history: deque[dict[str, np.ndarray]] = deque(maxlen=self.spec.n_obs_steps)
         self.queue: deque[np.ndarray] = deque()
         self.chunks = 0
+        self.step_in_chunk = 0
+        self.last_info: dict[str, Any] = {}  # diagnostics of the latest chunk (candidate scores, timings)
         self._fresh = True
 
     def reset(self, seed: int | None = None) -> None:
@@ -39,10 +41,15 @@ class PolicyAgent:
         policy's sampling noise (else it is seeded from the episode's first observation)."""
         self.history.clear()
         self.queue.clear()
+        self.step_in_chunk = 0
         self.policy.reset()
         self._fresh = seed is None
-        if seed is not None and hasattr(self.policy, "reseed"):
+        if seed is not None:
             self.policy.reseed(seed)
+
+    def close(self) -> None:
+        """Release the policy's resources (worker processes, sockets)."""
+        self.policy.close()
 
     def attach(self, robot: Any) -> None:
         """Called by the sim evaluator with its robot: fail early if the policy does not fit it."""
@@ -61,15 +68,23 @@ class PolicyAgent:
         if missing:
             raise ValueError(f"observation lacks key(s) {missing} that the policy needs (has {sorted(data)})")
         self.history.append({k: np.asarray(data[k]) for k in self.spec.obs_shapes})
+        history = None
         if not self.queue:
             history = self.obs_history()
-            if self._fresh and hasattr(self.policy, "reseed_from"):
+            if self._fresh:
                 self.policy.reseed_from(history)
             self._fresh = False
-            chunk = np.asarray(self.policy.predict_chunk(history), dtype=np.float32)
+            result = self.policy.predict_chunk_with_info(history)
+            self.last_info = result.info
             self.chunks += 1
-            self.queue.extend(chunk[: self.n_action_steps])
-        return self.queue.popleft()
+            self.step_in_chunk = 0
+            self.queue.extend(np.asarray(result.actions, dtype=np.float32)[: self.n_action_steps])
+        planned = self.queue.popleft()
+        step, self.step_in_chunk = self.step_in_chunk, self.step_in_chunk + 1
+        if not self.policy.has_step_hook:
+            return planned
+        action = self.policy.step_action(history if history is not None else self.obs_history(), planned, step)
+        return np.asarray(action, dtype=np.float32)
 
 
 class CheckpointAgentFactory:

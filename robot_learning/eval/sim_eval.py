@@ -40,6 +40,18 @@ def _init_worker(agent_factory: AgentFactory, task: str, dr: str, robot_kwargs: 
                    video_seeds=set(video_seeds))
 
 
+def _close_worker() -> None:
+    """Close this process's robot and agent (the agent's policy may hold a child process)."""
+    robot, agent = _WORKER.pop("robot", None), _WORKER.pop("agent", None)
+    _WORKER.clear()
+    try:
+        if agent is not None and hasattr(agent, "close"):
+            agent.close()
+    finally:
+        if robot is not None:
+            robot.close()
+
+
 def write_video(frames: list[np.ndarray], path: Path, fps: float) -> str:
     """Encode RGB frames as mp4 with OpenCV."""
     import cv2
@@ -135,8 +147,7 @@ def evaluate(
                 results.append(_run_episode(s))
                 bar.update(1)
         finally:
-            _WORKER.pop("robot").close()
-            _WORKER.clear()
+            _close_worker()
     else:
         ctx = mp.get_context("spawn")
         with ctx.Pool(n_procs, initializer=_init_worker, initargs=init_args) as pool:

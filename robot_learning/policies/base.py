@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -70,31 +70,98 @@ class PolicySpec:
 
 @dataclass
 class ChunkResult:
-    """Optional extra outputs of a prediction (timings, candidate scores) for diagnostics."""
+    """A chunk plus optional extra outputs (timings, candidate scores, residual size) for diagnostics."""
 
     actions: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
 
 
+PolicyResult = ChunkResult  # the name the refinement issue uses
+
+
 class Policy(ABC):
-    """Maps an observation history to a chunk of future actions."""
+    """Maps an observation history to a chunk of future actions.
+
+    Execution contract (the sim agent, robot_learning/eval/policy_agent.py, and the deploy
+    controller, robot_learning/deploy/controller.py, both follow it): the caller asks for a chunk,
+    then for every executed action of it calls ``step_action(current_obs_history, planned_action,
+    step_in_chunk)`` and executes what it returns. The default hook is the identity, so a policy
+    without one runs its chunks open-loop exactly as before; a wrapper such as a residual actor
+    overrides it to correct each step from the newest observation (closed loop on an open-loop base).
+    """
 
     spec: PolicySpec
+    policy_type: ClassVar[str] = ""  # set by @register_policy for saveable types
 
     def reset(self) -> None:  # noqa: B027 - optional hook, most policies are stateless
         """Forget any per-episode state (call at every episode boundary)."""
+
+    def reseed(self, seed: int) -> None:  # noqa: B027 - deterministic policies have no noise
+        """Restart the sampling noise stream (same seed and inputs -> same chunks)."""
+
+    def reseed_from(self, obs_history: dict[str, np.ndarray]) -> None:  # noqa: B027
+        """Seed the noise from observation content (a rollout's noise then depends only on what it sees)."""
+
+    def close(self) -> None:  # noqa: B027 - most policies hold no processes or sockets
+        """Release processes, sockets or devices the policy holds; it must not be used afterwards."""
 
     @abstractmethod
     def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         """Return one action chunk of shape ``(horizon, action_dim)`` in robot action units."""
 
+    def predict_chunk_with_info(self, obs_history: dict[str, np.ndarray]) -> ChunkResult:
+        """``predict_chunk`` plus diagnostics in ``info`` (default: none); override both together."""
+        return ChunkResult(np.asarray(self.predict_chunk(obs_history)), {})
+
     def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
         """Return ``k`` candidate chunks ``(k, horizon, action_dim)``; stochastic policies batch this."""
         return np.stack([self.predict_chunk(obs_history) for _ in range(k)])
 
+    # -- per-step hook --------------------------------------------------------------------------
+    def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
+                    step_in_chunk: int) -> np.ndarray:
+        """The action to execute now, given the newest observation history and the planned action
+        (step ``step_in_chunk`` of the current chunk, already blended by the caller); default identity."""
+        return planned_action
+
+    @property
+    def has_step_hook(self) -> bool:
+        """Whether ``step_action`` is overridden (callers skip building the history otherwise)."""
+        return type(self).step_action is not Policy.step_action
+
+    def step_hook(self) -> StepHook | None:
+        """A picklable object that runs ``step_action`` (and ``reset``/``reseed``) on its own.
+
+        Used where the policy lives in another process (deploy ``isolation=process``): the hook is
+        sent back to the control process and runs there, in the control thread, so correcting an
+        action never waits for the child's chunk inference. Default: the policy itself when it has
+        a hook (override to return something lighter, e.g. only a residual actor), else None.
+        """
+        return self if self.has_step_hook else None
+
     def save(self, path: str | Path) -> None:
         """Write one self-contained checkpoint file (config, normalizer, weights, spec)."""
+        from robot_learning.policies.checkpoint import atomic_save
+
+        atomic_save(self.checkpoint(), path)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The plain-data checkpoint (tensors, dicts, lists; loadable with ``weights_only=True``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+
+@runtime_checkable
+class StepHook(Protocol):
+    """What ``Policy.step_hook`` returns: the per-step correction without the chunk policy."""
+
+    def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
+                    step_in_chunk: int) -> np.ndarray:
+        """Corrected action (see ``Policy.step_action``)."""
+        ...
+
+    def reset(self) -> None:
+        """Episode boundary."""
+        ...
 
 
 def warm_up(policy: Policy) -> bool:

@@ -14,6 +14,7 @@ from torch import nn
 from robot_learning.policies.base import PolicySpec
 from robot_learning.policies.encoders import EncoderConfig
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
+from robot_learning.policies.registry import register_policy
 
 
 @dataclass
@@ -28,10 +29,10 @@ class BCConfig:
     dropout: float = 0.0
 
 
+@register_policy("bc")
 class BCModel(PolicyModel):
     """Encoder -> MLP -> action chunk (or mixture parameters)."""
 
-    policy_type = "bc"
     config_cls = BCConfig
 
     def __init__(self, spec: PolicySpec, config: BCConfig, stats: dict[str, Any]) -> None:

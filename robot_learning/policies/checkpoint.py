@@ -1,14 +1,17 @@
 """One self-contained checkpoint file per policy, and the ``Policy`` that runs it.
 
 A checkpoint is ``torch.save`` of plain dicts, lists and tensors only (loaded with
-``weights_only=True``, so no pickled classes): format tag, policy type, hyper-parameters, the
-``PolicySpec``, normalizer statistics and the EMA weights. Training checkpoints add a
-``train_state`` entry (optimizer, scheduler, RNG, step) that ``load_policy`` ignores.
+``weights_only=True``, so no pickled classes): format tag, policy type (and the module that
+registers it), hyper-parameters, the ``PolicySpec``, normalizer statistics and the EMA weights.
+Training checkpoints add a ``train_state`` entry (optimizer, scheduler, RNG, step) that
+``load_policy`` ignores. Version 1 files (a single network) load unchanged; version 2 files are
+composites (a wrapper's own weights plus its base, see policies/composite.py).
 """
 
 from __future__ import annotations
 
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,28 +20,28 @@ import numpy as np
 import torch
 
 from robot_learning.config import to_dataclass
-from robot_learning.policies.base import Policy, PolicySpec
+from robot_learning.policies.base import ChunkResult, Policy, PolicySpec
 from robot_learning.policies.model import PolicyModel
+from robot_learning.policies.registry import policy_class, types_of_kind
 
 FORMAT = "rlstack.policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # a single network; unchanged since the first release
+COMPOSITE_VERSION = 2  # adds a wrapper around an embedded or referenced base (policies/composite.py)
+SUPPORTED_VERSIONS = (FORMAT_VERSION, COMPOSITE_VERSION)
 
 
 def model_types() -> dict[str, type[PolicyModel]]:
-    """Registered policy types, by the name used in configs (``policy.type``)."""
-    from robot_learning.policies.bc import BCModel
-    from robot_learning.policies.diffusion import DiffusionModel
-    from robot_learning.policies.distill import OneStepDiffusionModel
-
-    return {"diffusion": DiffusionModel, "diffusion_onestep": OneStepDiffusionModel, "bc": BCModel}
+    """Registered network types, by the name used in configs (``policy.type``)."""
+    return types_of_kind(PolicyModel)
 
 
-def build_model(policy_type: str, params: Any, spec: PolicySpec, stats: dict[str, Any]) -> PolicyModel:
+def build_model(policy_type: str, params: Any, spec: PolicySpec, stats: dict[str, Any],
+                module: str | None = None) -> PolicyModel:
     """Instantiate a policy network from its type name, validated hyper-parameters, spec and stats."""
-    types = model_types()
-    if policy_type not in types:
-        raise ValueError(f"unknown policy type '{policy_type}' (choose from {', '.join(types)})")
-    cls = types[policy_type]
+    cls = policy_class(policy_type, module)
+    if not (isinstance(cls, type) and issubclass(cls, PolicyModel)):
+        raise ValueError(f"policy type '{policy_type}' is a wrapper around a base policy, not a trainable "
+                         f"network (trainable: {', '.join(sorted(model_types()))})")
     config = to_dataclass(params or {}, cls.config_cls, where=f"policy.params ({policy_type})")
     return cls(spec, config, stats)
 
@@ -50,6 +53,7 @@ def checkpoint_dict(model: PolicyModel, state_dict: dict[str, torch.Tensor] | No
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "policy_type": model.policy_type,
+        "policy_module": type(model).__module__,
         "policy_config": model.config_dict(),
         "spec": model.spec.to_dict(),
         "normalizer": model.normalizer.stats,
@@ -67,6 +71,16 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def check_format(ckpt: Any, where: str) -> dict[str, Any]:
+    """Raise ValueError unless ``ckpt`` is a policy checkpoint dict of a supported version."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{where} is not an rlstack policy checkpoint (no '{FORMAT}' format tag)")
+    if ckpt.get("version") not in SUPPORTED_VERSIONS:
+        raise ValueError(f"{where}: checkpoint version {ckpt.get('version')} unsupported "
+                         f"(this code reads {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    return ckpt
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint's plain data (no code execution) and check its format tag."""
     path = Path(path)
@@ -76,17 +90,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
         raise ValueError(f"{path} is not a readable policy checkpoint: {exc}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an rlstack policy checkpoint (no '{FORMAT}' format tag)")
-    if ckpt.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} unsupported (expected {FORMAT_VERSION})")
-    return ckpt
+    return check_format(ckpt, str(path))
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> PolicyModel:
-    """Rebuild the network stored in a checkpoint dict, weights loaded."""
+    """Rebuild the network stored in a (non-composite) checkpoint dict, weights loaded."""
     spec = PolicySpec.from_dict(ckpt["spec"])
-    model = build_model(ckpt["policy_type"], ckpt["policy_config"], spec, ckpt["normalizer"])
+    model = build_model(ckpt["policy_type"], ckpt["policy_config"], spec, ckpt["normalizer"],
+                        module=ckpt.get("policy_module"))
     model.load_state_dict(ckpt["state_dict"])
     return model
 
@@ -150,6 +161,12 @@ class ModelPolicy(Policy):
         chunk = self.model.sample_actions(obs, 1, generator=self.generator, deterministic=True)
         return chunk[0, 0].float().cpu().numpy()
 
+    def predict_chunk_with_info(self, obs_history: dict[str, np.ndarray]) -> ChunkResult:
+        """``predict_chunk`` with the inference time in ``info["infer_ms"]``."""
+        t = time.perf_counter()
+        chunk = self.predict_chunk(obs_history)
+        return ChunkResult(chunk, {"infer_ms": (time.perf_counter() - t) * 1e3})
+
     @torch.inference_mode()
     def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
         """``k`` candidate chunks ``(k, horizon, action_dim)`` from one batched pass."""
@@ -158,9 +175,9 @@ class ModelPolicy(Policy):
         obs = obs_to_tensors(self.spec, obs_history, self.device)
         return self.model.sample_actions(obs, k, generator=self.generator)[0].float().cpu().numpy()
 
-    def save(self, path: str | Path) -> None:
-        """Write the self-contained checkpoint (current weights, which are the EMA weights)."""
-        atomic_save(checkpoint_dict(self.model), path)
+    def checkpoint(self) -> dict[str, Any]:
+        """The self-contained checkpoint (current weights, which are the EMA weights)."""
+        return checkpoint_dict(self.model)
 
 
 def load_policy(
@@ -170,14 +187,33 @@ def load_policy(
     sampler: str | None = None,
     num_inference_steps: int | None = None,
     inference_backend: str | None = None,
-) -> ModelPolicy:
-    """Load any policy checkpoint (deployable or training) as a ready-to-run ``Policy``."""
-    model = model_from_checkpoint(read_checkpoint(path))
+) -> Policy:
+    """Load any policy checkpoint (a network, a training checkpoint or a composite wrapper) as a
+    ready-to-run ``Policy``; inference options reach the innermost network."""
     options = {"sampler": sampler, "num_inference_steps": num_inference_steps, "inference_backend": inference_backend}
     options = {k: v for k, v in options.items() if v}
-    if options:
-        model.configure_inference(**options)
-    return ModelPolicy(model, device=resolve_device(str(device)), seed=seed)
+    return policy_from_checkpoint(read_checkpoint(path), device=resolve_device(str(device)), seed=seed,
+                                  where=str(path), base_dir=Path(path).parent, **options)
+
+
+def policy_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu", seed: int = 0,
+                           where: str = "checkpoint", base_dir: str | Path = ".", **options: Any) -> Policy:
+    """Rebuild any registered policy type from checkpoint data (wrappers rebuild their base first)."""
+    check_format(ckpt, where)
+    cls = policy_class(ckpt["policy_type"], ckpt.get("policy_module"), where=where)
+    if isinstance(cls, type) and issubclass(cls, PolicyModel):
+        model = model_from_checkpoint(ckpt)
+        if options:
+            model.configure_inference(**options)
+        return ModelPolicy(model, device=device, seed=seed)
+    from robot_learning.policies.composite import WrapperPolicy, base_checkpoint
+
+    if not (isinstance(cls, type) and issubclass(cls, WrapperPolicy)):
+        raise ValueError(f"{where}: policy type '{ckpt['policy_type']}' ({cls.__name__}) cannot be loaded "
+                         "from a checkpoint (neither a PolicyModel nor a WrapperPolicy)")
+    base_ckpt, base_where = base_checkpoint(ckpt, where, Path(base_dir))
+    base = policy_from_checkpoint(base_ckpt, device=device, seed=seed, where=base_where, base_dir=base_dir, **options)
+    return cls.from_checkpoint(ckpt, base, device=device, seed=seed)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -17,6 +17,7 @@ from robot_learning.policies.base import PolicySpec
 from robot_learning.policies.encoders import EncoderConfig
 from robot_learning.policies.fast_inference import BACKENDS, ONE_STEP, DiffusionInference
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
+from robot_learning.policies.registry import register_policy
 from robot_learning.policies.unet import ConditionalUnet1D
 
 
@@ -56,10 +57,10 @@ class DiffusionConfig:
     feature_cache: bool = True  # reuse the image features of frames seen in the previous call
 
 
+@register_policy("diffusion")
 class DiffusionModel(PolicyModel):
     """Conditional denoising of action chunks."""
 
-    policy_type = "diffusion"
     config_cls = DiffusionConfig
     one_step_trained = False  # True where the U-Net maps noise to a chunk in one call (distill.py)
 

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from robot_learning.config import to_dataclass
 from robot_learning.policies.base import PolicySpec, check_spec_matches
 from robot_learning.policies.diffusion import ONE_STEP, DiffusionConfig, DiffusionModel
+from robot_learning.policies.registry import register_policy
 
 # the student's own inference settings; everything else (architecture, schedule) is the teacher's
 INFERENCE_FIELDS = ("sampler", "num_inference_steps", "inference_backend", "feature_cache")
@@ -43,10 +44,10 @@ class OneStepConfig(DiffusionConfig):
     num_inference_steps: int = 1
 
 
+@register_policy("diffusion_onestep")
 class OneStepDiffusionModel(DiffusionModel):
     """A diffusion policy whose U-Net, at the last timestep, returns the teacher sampler's chunk."""
 
-    policy_type = "diffusion_onestep"
     config_cls = OneStepConfig
     one_step_trained = True
 
