@@ -53,6 +53,14 @@ class DeployRunConfig:
     loopback: bool = True
     log_dir: str = "data/deploy_logs"
     startup_timeout_s: float = 60.0
+    # pause: stop the sim, reset the policy node, reset the sim, start it (its first observation is the
+    # policy's first input); legacy: reset policy, sim, policy again while the sim runs (the second
+    # reset threw away the episode's first observation, so its first tick was a hold)
+    reset_mode: str = "pause"
+
+    def __post_init__(self) -> None:
+        if self.reset_mode not in ("pause", "legacy"):
+            raise ValueError(f"reset_mode: '{self.reset_mode}' is not pause or legacy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,12 +90,12 @@ def load_configs(overrides: list[str]) -> tuple[DeployRunConfig, DeployConfig, A
 class EpisodeDriver:
     """An rclpy node that resets the sim and the policy node and watches for success."""
 
-    def __init__(self, node_cfg: DeployConfig) -> None:
+    def __init__(self, node_cfg: DeployConfig, reset_mode: str = "pause") -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Bool, String
-        from std_srvs.srv import Trigger
+        from std_srvs.srv import SetBool, Trigger
 
         from ros_nodes.common import TOPICS, control_qos, sensor_pub_qos
 
@@ -100,6 +108,9 @@ class EpisodeDriver:
         self.node.create_subscription(String, node_cfg.topics.diagnostics,
                                       lambda m: setattr(self, "diagnostics", json.loads(m.data)), control_qos())
         self.sim_reset = self.node.create_client(Trigger, TOPICS.sim_reset)
+        self.sim_enable = self.node.create_client(SetBool, TOPICS.sim_enable)
+        self._set_bool = SetBool
+        self.reset_mode = reset_mode
         self.policy_reset = self.node.create_client(Trigger, node_cfg.topics.reset_episode)
         self._trigger = Trigger
         self.executor = SingleThreadedExecutor()
@@ -125,17 +136,30 @@ class EpisodeDriver:
             raise RuntimeError(f"service {client.srv_name} failed: {result.message}")
         return result.message
 
+    def enable_sim(self, on: bool, timeout: float) -> None:
+        """Start (True) or stop (False) the sim robot's clock."""
+        from ros_nodes.common import call_service
+
+        call_service(self.sim_enable, self._set_bool.Request(data=on), timeout)
+
     def run_episode(self, max_steps: int, timeout: float) -> tuple[bool, int, int]:
-        """Reset both nodes, run until success or ``max_steps``; return (success, steps, seed)."""
-        self.call(self.policy_reset, timeout)
-        message = self.call(self.sim_reset, timeout)
-        self.call(self.policy_reset, timeout)  # drop anything inferred on the previous episode's last frames
+        """Reset both nodes, run until success or ``max_steps`` executed actions; return (success, steps, seed)."""
+        if self.reset_mode == "pause":
+            self.enable_sim(False, timeout)  # nothing of the old episode reaches the node after its reset
+            self.call(self.policy_reset, timeout)
+            message = self.call(self.sim_reset, timeout)
+            self.success, self.steps = False, -1  # the first message is the initial observation, not a step
+            self.enable_sim(True, timeout)  # publishes the first observation at once
+        else:
+            self.call(self.policy_reset, timeout)
+            message = self.call(self.sim_reset, timeout)
+            self.call(self.policy_reset, timeout)
+            self.success, self.steps = False, 0
         match = re.search(r"seed (-?\d+)", message)
         seed = int(match.group(1)) if match else -1
-        self.success, self.steps = False, 0
         while not self.success and self.steps < max_steps:
-            time.sleep(0.02)
-        return self.success, self.steps, seed
+            time.sleep(0.005)
+        return self.success, max(self.steps, 0), seed
 
     def close(self) -> None:
         """Stop spinning and destroy the node."""
@@ -164,7 +188,7 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
                          log_path=log_dir / "policy_node.log")
     os.environ.update(env)  # this process joins the same loopback domain
     rclpy.init(domain_id=int(env["ROS_DOMAIN_ID"]))
-    driver = EpisodeDriver(node_cfg)
+    driver = EpisodeDriver(node_cfg, run_cfg.reset_mode)
     results: list[tuple[bool, int, int]] = []
     try:
         t0 = time.time()

@@ -168,7 +168,9 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.ctrl = PolicyController(
                 pol, config.safety, config.scheduler, control_hz=config.control_hz or None, extra_streams=extras,
                 takeover=config.takeover, inference_backoff_s=config.inference_backoff_s,
+                history=config.history, trace=self._make_trace(config),
             )
+            self._warned: set[str] = set()
             self.rejections = 0
             self._obs_group = ReentrantCallbackGroup()
             shapes = {**spec.obs_shapes, **extras}
@@ -208,6 +210,14 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.get_logger().info(
                 f"policy_node: {name} obs={sorted(spec.obs_shapes)} action_dim={spec.action_dim} "
                 f"control {self.ctrl.control_hz} Hz, blend={config.scheduler.blend}, takeover={config.takeover}")
+
+        @staticmethod
+        def _make_trace(config: DeployConfig) -> Any:
+            if not config.trace_dir:
+                return None
+            from robot_learning.deploy.trace import DeployTrace
+
+            return DeployTrace(config.trace_dir)
 
         def _check_fits(self, pol: Policy, provided: dict[str, tuple[int, ...]] | None,
                         robot_action_dim: int | None) -> None:
@@ -275,6 +285,7 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             period = 1.0 / self.ctrl.control_hz
             deadline = time.perf_counter()
             self.overruns = 0
+            last_tick: float | None = None
             while not self._stop.is_set():
                 deadline += period
                 delay = deadline - time.perf_counter()
@@ -282,7 +293,15 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
                     self.overruns += 1
                     deadline += math.ceil(-delay / period) * period
                     delay = deadline - time.perf_counter()
+                if self.cfg.tick_phase == "observation":
+                    # phase-lock to the robot's sample clock (stamps are wall time): re-aim this deadline
+                    wall = time.time()
+                    target = self.ctrl.next_tick_time(wall, last_tick, self.cfg.phase_offset_s)
+                    if target is not None:
+                        delay = target - wall
+                        deadline = time.perf_counter() + delay
                 time.sleep(max(0.0, delay))
+                last_tick = time.time()
                 try:
                     result = self.ctrl.tick()
                     if result.action is not None:
@@ -295,6 +314,10 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
 
         def _publish_diagnostics(self) -> None:
             d = self.ctrl.diagnostics()
+            for line in d.get("warnings", []):
+                if line not in self._warned:  # bad input is logged once, with the measured figure
+                    self._warned.add(line)
+                    self.get_logger().warning(line)
             d["rejected_messages"] = self.rejections
             d["overruns"] = getattr(self, "overruns", 0)
             self.pub_diag.publish(self._String(data=json.dumps(_finite(d))))
@@ -304,6 +327,8 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self._stop.set()
             self._control.join(timeout=5)
             self.ctrl.stop()
+            if self.ctrl.trace is not None:
+                self.ctrl.trace.flush()
             close = getattr(self.policy, "close", None)
             if close is not None:
                 close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from robot_learning.deploy.history import HistoryConfig
 from robot_learning.deploy.safety import SafetyConfig
 from robot_learning.deploy.scheduler import SchedulerConfig
 
@@ -87,6 +88,13 @@ class DeployConfig:
     control_hz: float = 0.0  # 0: the policy's rate
     takeover: str = "yield"  # yield: stop publishing while the operator drives; forward: relay operator commands
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    # Control-tick phase: "observation" places each tick phase_offset_s after the robot's sample clock
+    # (measured from the stamps), so a chunk computed from an observation is ready for the tick that
+    # follows it; "free" ticks on the node's own clock, wherever that falls relative to the robot's.
+    tick_phase: str = "observation"
+    phase_offset_s: float = 0.0  # 0 = inference p90 + 10 ms, measured (capped below one period)
+    trace_dir: str = ""  # write what the policy was fed and what was executed, one npz per episode
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     topics: NodeTopics = field(default_factory=NodeTopics)
     streams: list[StreamConfig] = field(default_factory=list)  # overrides of DEFAULT_STREAMS
@@ -103,6 +111,8 @@ class DeployConfig:
     def __post_init__(self) -> None:
         if self.takeover not in ("yield", "forward"):
             raise ValueError(f"takeover: '{self.takeover}' is not yield or forward")
+        if self.tick_phase not in ("observation", "free"):
+            raise ValueError(f"tick_phase: '{self.tick_phase}' is not observation or free")
         if self.control_hz < 0 or self.diagnostics_hz <= 0:
             raise ValueError("control_hz must be >= 0 and diagnostics_hz > 0")
         if not 0 <= self.control_priority <= 99:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from robot_learning.deploy.diagnostics import LoopDiagnostics
-from robot_learning.deploy.history import ObservationHistory, ObservationRejected
+from robot_learning.deploy.history import HistoryConfig, ObservationHistory, ObservationRejected
 from robot_learning.deploy.safety import SafetyConfig, SafetyLayer
 from robot_learning.deploy.scheduler import ActionScheduler, SchedulerConfig
 from robot_learning.policies.base import Policy
@@ -50,6 +50,8 @@ class PolicyController:
         takeover: str = "yield",
         inference_backoff_s: float = 0.2,
         clock: Callable[[], float] = time.time,
+        history: HistoryConfig | None = None,
+        trace: Any = None,
     ) -> None:
         spec = policy.spec
         self.policy = policy
@@ -67,7 +69,11 @@ class PolicyController:
         streams = dict(spec.obs_shapes)
         for k, shape in (extra_streams or {}).items():
             streams.setdefault(k, tuple(shape))
-        self.history = ObservationHistory(streams)
+        hcfg = history or HistoryConfig()
+        self.history_cfg = hcfg
+        self.history = ObservationHistory(streams, align=hcfg.align, reference=hcfg.reference,
+                                          max_future_s=hcfg.max_future_s, clock_jump_s=hcfg.clock_jump_s, clock=clock)
+        self.trace = trace  # a DeployTrace (deploy/trace.py) or None: what the policy was fed, what ran
         self.scheduler = ActionScheduler(self.policy_dt, scheduler)
         self.safety = SafetyLayer(safety, spec.action_dim)
         self.diag = LoopDiagnostics(1.0 / self.control_hz)
@@ -81,6 +87,7 @@ class PolicyController:
         self.last_tick: TickResult | None = None
         self.last_problem = ""
         self._last_t_obs = 0.0  # capture stamp of the newest observation already inferred on
+        self._generation = 0  # bumped by reset_episode
         # Per-step hook (Policy.step_action): runs here, in the control thread, once per executed policy
         # action, on the newest observation history. A policy in a child process (isolation=process)
         # hands its hook back to this process at start (deploy/worker.py), so the hook never waits for
@@ -136,7 +143,11 @@ class PolicyController:
             self.scheduler.clear()
             self.history.clear()
             self._last_t_obs = 0.0
+            self._generation += 1  # a chunk still being computed belongs to the old episode
+            self.safety.last = None  # the new episode starts from rest, not from the last episode's command
         self.policy.reset()
+        if self.trace is not None:
+            self.trace.new_episode()
 
     # -- control tick -------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> TickResult:
@@ -174,6 +185,8 @@ class PolicyController:
             self.last_problem = decision.reasons[0]
         result = TickResult(decision.action, source, decision.status, decision.reasons)
         self.last_tick = result
+        if self.trace is not None:
+            self.trace.tick(now, result.action, source)
         self._wake.set()
         return result
 
@@ -203,7 +216,14 @@ class PolicyController:
         if newest is None:
             return True
         n_exec = self.spec.n_action_steps
-        # start early by the measured latency so the next chunk lands before this one's end
+        if self.history_cfg.replan == "observation":
+            # Re-plan from the observation captured when the executed part of the chunk is used up, as
+            # the direct evaluation and training do; if that observation is late, re-plan early enough
+            # (by the measured latency) that the plan does not run out.
+            if self.history.reference_stamp() >= newest.t0 + (n_exec - 0.5) * self.policy_dt:
+                return True
+            return now + self.latency_est_s >= newest.t0 + (len(newest.actions) - 1) * self.policy_dt
+        # early: start by the measured latency so the next chunk lands before this one's end
         return now + self.latency_est_s >= newest.t0 + (n_exec - 1) * self.policy_dt
 
     def _infer_once(self) -> bool:
@@ -214,7 +234,7 @@ class PolicyController:
         if not due:
             return False
         try:
-            obs, t_obs = self.history.sample(self.spec.n_obs_steps, self.policy_dt)
+            obs, t_obs, used = self.history.sample_with_stamps(self.spec.n_obs_steps, self.policy_dt)
         except ObservationRejected:
             return False
         if now - t_obs > self.safety.config.stale_timeout_s:
@@ -222,6 +242,7 @@ class PolicyController:
         if t_obs <= self._last_t_obs:
             return False  # nothing new since the last inference: the same input gives the same chunk
         self._last_t_obs = t_obs
+        generation = self._generation
         t_start = time.perf_counter()
         try:
             actions = np.asarray(self.policy.predict_chunk(obs), dtype=np.float64)
@@ -233,7 +254,7 @@ class PolicyController:
         self.diag.inference((time.perf_counter() - t_start) * 1e3)
         arrived = self.clock()
         with self._lock:
-            if self.intervention or self.safety.estopped:
+            if self.intervention or self.safety.estopped or generation != self._generation:
                 return True
             if actions.shape != (self.spec.horizon, self.spec.action_dim):
                 self.diag.inference_error(f"chunk of shape {actions.shape}, expected "
@@ -246,9 +267,29 @@ class PolicyController:
                 self.last_problem = rejected
                 return True
             self.scheduler.add_chunk(actions, t_obs, arrived)
+            if self.trace is not None:
+                self.trace.inference(obs, used, t_obs, arrived, actions)
             lat = arrived - t_obs
             self.latency_est_s = lat if self.latency_est_s == 0.0 else 0.8 * self.latency_est_s + 0.2 * lat
         return True
+
+    def next_tick_time(self, now: float, last_tick: float | None, offset_s: float = 0.0) -> float | None:
+        """Wall time of the next control tick phase-locked to the robot's sample clock (None: no samples yet).
+
+        Ticks fall ``offset`` after the robot's sample instants, with ``offset`` the measured
+        capture-to-chunk latency + 10 ms (or ``offset_s``), so a chunk computed from an observation is
+        in the scheduler when the tick after that observation reads it; never two ticks within half a period.
+        """
+        ref = self.history.reference_stamp()
+        if not np.isfinite(ref):
+            return None
+        period = 1.0 / self.control_hz
+        offset = offset_s or min(max(self.latency_est_s + 0.01, 0.015), 0.8 * period)
+        base = ref + offset
+        earliest = max(now, (last_tick + 0.5 * period) if last_tick is not None else now)
+        k = max(0, int(np.ceil((earliest - base) / period - 1e-9)))
+        t = base + k * period
+        return t if t - now <= 2 * period else None  # stamps far off this clock (jump): free-run
 
     def _run_worker(self) -> None:
         while not self._stop.is_set():

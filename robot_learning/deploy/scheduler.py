@@ -1,8 +1,13 @@
 """Action scheduling with latency compensation and chunk blending.
 
 Every chunk is stamped with the capture time ``t0`` of the observation it was computed from:
-action ``i`` is due at ``t0 + i * dt``. When a chunk arrives late, the actions whose time has
-already passed are dropped (counted as late), so the robot never replays the past. At each control
+action ``i`` is the command for the control period ``[t0 + i * dt, t0 + (i + 1) * dt)`` (``index=hold``,
+the default: a zero-order hold, which is how training data pairs an observation with the action
+executed until the next one). When a chunk arrives late, the actions whose period has already
+ended are dropped (counted as late), so the robot never replays the past. ``index=nearest`` (the
+old behaviour) gave a tick the action whose start time is nearest, so a chunk arriving more than
+half a period after its observation lost its first action although that action's period was
+still running (measured: the first action of every chunk dropped, benchmarks/README.md). At each control
 tick the scheduler answers "which action is due now", blending overlapping chunks:
 
 - ``latest``: the newest chunk wins (diffusion_policy's real-robot behaviour).
@@ -23,23 +28,27 @@ import numpy as np
 
 BlendMode = Literal["latest", "temporal_ensemble", "crossfade"]
 BLEND_MODES = ("latest", "temporal_ensemble", "crossfade")
+INDEX_MODES = ("hold", "nearest")
 
 
 @dataclass
 class SchedulerConfig:
     """How chunks are turned into a stream of actions."""
 
-    blend: str = "crossfade"  # latest | temporal_ensemble | crossfade
+    blend: str = "latest"  # latest | temporal_ensemble | crossfade
     ensemble_decay: float = 0.1  # temporal_ensemble: weight exp(-decay * age rank)
     blend_steps: int = 3  # crossfade: ticks to fade from the old chunk to the new one
     max_exec_steps: int = 0  # use at most this many actions of a chunk (0 = the whole horizon)
     late_margin_s: float = 0.0  # actions due before now + margin are dropped as late (execution latency)
+    index: str = "hold"  # hold: action i covers [t0+i*dt, t0+(i+1)*dt); nearest: the tick nearest t0+i*dt
 
     def __post_init__(self) -> None:
         if self.blend not in BLEND_MODES:
             raise ValueError(f"scheduler.blend: '{self.blend}' is not one of {', '.join(BLEND_MODES)}")
         if self.blend_steps < 1:
             raise ValueError(f"scheduler.blend_steps must be >= 1, got {self.blend_steps}")
+        if self.index not in INDEX_MODES:
+            raise ValueError(f"scheduler.index: '{self.index}' is not one of {', '.join(INDEX_MODES)}")
         if self.max_exec_steps < 0:
             raise ValueError(f"scheduler.max_exec_steps must be >= 0, got {self.max_exec_steps}")
 
@@ -54,6 +63,8 @@ class TimedChunk:
     arrived: float  # when it reached the scheduler (for blending and latency figures)
     seq: int = 0
     start: int = 0  # actions before this index were late on arrival and are never executed
+    offset: float = 0.5  # 0: zero-order hold periods; 0.5: nearest grid point
+    first_executed: bool = False
 
     @property
     def t_end(self) -> float:
@@ -61,8 +72,8 @@ class TimedChunk:
         return self.t0 + (len(self.actions) - 1) * self.dt
 
     def index_at(self, t: float) -> int | None:
-        """Index of the action due at ``t`` (nearest grid point), or None outside the chunk."""
-        i = int(math.floor((t - self.t0) / self.dt + 0.5))
+        """Index of the action due at ``t``, or None outside the chunk."""
+        i = int(math.floor((t - self.t0) / self.dt + self.offset + 1e-9))
         return i if self.start <= i < len(self.actions) else None
 
 
@@ -76,7 +87,7 @@ class SchedulerStats:
     out_of_order_chunks: int = 0  # chunks older than the newest one already scheduled
     starved_ticks: int = 0  # ticks with no action due
     executed: int = 0
-    obs_to_action_s: deque = field(default_factory=lambda: deque(maxlen=2000))
+    obs_to_action_s: deque = field(default_factory=lambda: deque(maxlen=2000))  # capture -> first action of it
 
 
 class ActionScheduler:
@@ -109,19 +120,26 @@ class ActionScheduler:
             return 0
         self.stats.chunks += 1
         first_due = now + self.config.late_margin_s
-        # Action k is executed by the tick nearest to t0 + k*dt; once first_due is past that window
-        # (k < (first_due - t0)/dt - 1/2) no future tick can pick it: it is late.
-        n_late = int(np.clip(math.ceil((first_due - t0) / self.dt - 0.5 - 1e-9), 0, len(actions)))
+        # hold: action k is late once its period has ended (k + 1 <= (first_due - t0)/dt); nearest: once
+        # first_due is past the window of the tick nearest to t0 + k*dt (k < (first_due - t0)/dt - 1/2).
+        offset = self._offset()
+        x = (first_due - t0) / self.dt
+        n_late_f = math.floor(x + 1e-9) if offset == 0.0 else math.ceil(x - 0.5 - 1e-9)
+        n_late = int(np.clip(n_late_f, 0, len(actions)))
         self.stats.late_dropped += n_late
         if n_late >= len(actions):
             self.stats.stale_chunks += 1
             return 0
         self._seq += 1
-        chunk = TimedChunk(actions=actions.copy(), t0=t0, dt=self.dt, arrived=now, seq=self._seq, start=n_late)
+        chunk = TimedChunk(actions=actions.copy(), t0=t0, dt=self.dt, arrived=now, seq=self._seq, start=n_late,
+                           offset=offset)
         self._chunks.append(chunk)
         self._ticks_since_new = 0
         self._prune(now)
         return len(actions) - n_late
+
+    def _offset(self) -> float:
+        return 0.0 if self.config.index == "hold" else 0.5
 
     def _prune(self, now: float) -> None:
         """Drop chunks whose last action is in the past."""
@@ -137,7 +155,7 @@ class ActionScheduler:
         c = self.newest()
         if c is None:
             return 0
-        return max(0, len(c.actions) - max(0, int(math.ceil((now - c.t0) / self.dt - 0.5))))
+        return max(0, len(c.actions) - max(0, int(math.ceil((now - c.t0) / self.dt - self._offset()))))
 
     def _candidates(self, t: float) -> list[tuple[TimedChunk, np.ndarray]]:
         out = []
@@ -166,5 +184,7 @@ class ActionScheduler:
             action = (1.0 - alpha) * cands[-2][1] + alpha * cands[-1][1]
         newest = cands[-1][0]
         self.stats.executed += 1
-        self.stats.obs_to_action_s.append(now - newest.t0)
+        if not newest.first_executed:  # obs->action latency: capture -> first command computed from it
+            newest.first_executed = True
+            self.stats.obs_to_action_s.append(now - newest.t0)
         return np.asarray(action, dtype=np.float64)

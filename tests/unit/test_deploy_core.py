@@ -23,8 +23,23 @@ def ramp_chunk(start: float, n: int = 8, dim: int = 2) -> np.ndarray:
 
 
 # -- scheduler ------------------------------------------------------------------------------------
+def test_hold_index_keeps_an_action_whose_period_is_still_running() -> None:
+    s = ActionScheduler(DT, SchedulerConfig(blend="latest"))  # index=hold, the default
+    # captured at 10.0, arrived 0.27 s later: actions 0 and 1 have ended, action 2 covers [10.2, 10.3)
+    assert s.add_chunk(ramp_chunk(0), t0=10.0, now=10.27) == 6 and s.stats.late_dropped == 2
+    assert s.action_at(10.28)[0] == 2.0
+    assert s.action_at(10.38)[0] == 3.0
+    # a chunk that lands 60 ms after its observation keeps its first action (nearest would drop it)
+    s2 = ActionScheduler(DT, SchedulerConfig(blend="latest"))
+    assert s2.add_chunk(ramp_chunk(0), t0=20.0, now=20.06) == 8 and s2.stats.late_dropped == 0
+    assert s2.action_at(20.07)[0] == 0.0
+    assert list(s2.stats.obs_to_action_s) == pytest.approx([0.07])  # capture -> first action only
+    s2.action_at(20.17)
+    assert len(s2.stats.obs_to_action_s) == 1
+
+
 def test_late_actions_are_dropped_and_the_rest_follow_the_observation_clock() -> None:
-    s = ActionScheduler(DT, SchedulerConfig(blend="latest"))
+    s = ActionScheduler(DT, SchedulerConfig(blend="latest", index="nearest"))
     # observation captured at t=10.0, chunk arrives 0.27 s later: actions 0..2 are in the past
     usable = s.add_chunk(ramp_chunk(0), t0=10.0, now=10.27)
     assert usable == 5 and s.stats.late_dropped == 3
@@ -65,7 +80,7 @@ def test_scheduler_config_rejects_unknown_blend() -> None:
 
 # -- observation history -----------------------------------------------------------------------------
 def test_history_samples_on_grid_and_pads_short_history() -> None:
-    h = ObservationHistory({"a": (1,), "b": (1,)})
+    h = ObservationHistory({"a": (1,), "b": (1,)}, align="at_or_before", reference="newest")
     for t in (1.00, 1.05, 1.10, 1.15, 1.20):
         h.add("a", np.array([t], np.float32), t)
     h.add("b", np.array([7.0], np.float32), 1.18)
@@ -73,6 +88,38 @@ def test_history_samples_on_grid_and_pads_short_history() -> None:
     assert t_ref == pytest.approx(1.20)
     assert obs["a"][:, 0] == pytest.approx([1.00, 1.10, 1.20])
     assert obs["b"][:, 0] == pytest.approx([7.0, 7.0, 7.0])  # padded with its only sample
+
+
+def test_history_pairs_streams_of_one_instant_and_consecutive_ticks_under_jitter() -> None:
+    h = ObservationHistory({"cam": (1,), "joint": (1,)})  # reference=complete, align=nearest (defaults)
+    ticks = [1.000, 1.104, 1.203, 1.298]  # a robot at 10 Hz with a few ms of stamp jitter
+    for k, t in enumerate(ticks):
+        h.add("cam", np.array([k], np.float32), t)
+        h.add("joint", np.array([k], np.float32), t)
+    h.add("joint", np.array([4], np.float32), 1.402)  # the next tick's joints came before its frame
+    obs, t_ref, used = h.sample_with_stamps(2, 0.1)
+    assert t_ref == pytest.approx(1.298)  # the newest instant every stream has reached
+    assert obs["cam"][:, 0].tolist() == [2, 3] and obs["joint"][:, 0].tolist() == [2, 3]
+    assert used["joint"] == pytest.approx([1.203, 1.298])
+    old = ObservationHistory({"cam": (1,)}, align="at_or_before")
+    for k, t in enumerate(ticks):
+        old.add("cam", np.array([k], np.float32), t)
+    assert old.sample(2, 0.1)[0]["cam"][:, 0].tolist() == [1, 3]  # skipped a tick: the bug it replaced
+
+
+def test_history_future_stamp_and_clock_jump_do_not_block_valid_samples() -> None:
+    now = [100.0]
+    h = ObservationHistory({"j": (1,)}, clock=lambda: now[0])
+    h.add("j", np.zeros(1, np.float32), 99.9)
+    with pytest.raises(ObservationRejected, match="j.*in the future"):
+        h.add("j", np.zeros(1, np.float32), 5000.0)
+    h.add("j", np.ones(1, np.float32), 100.0)  # the next valid sample is stored
+    assert h.newest_stamps() == {"j": 100.0}
+    h.add("j", np.full(1, 2, np.float32), 50.0)  # clock stepped back 50 s: buffer restarts there
+    assert h.newest_stamps() == {"j": 50.0} and h.stats.clock_jumps == 1
+    assert h.stats.warnings and "50.000 s" in h.stats.warnings[0]
+    h.add("j", np.full(1, 3, np.float32), 50.1)
+    assert h.sample(2, 0.1)[0]["j"][:, 0].tolist() == [2, 3]
 
 
 def test_history_rejects_malformed_and_out_of_order_samples_with_reasons() -> None:
@@ -288,9 +335,10 @@ def test_controller_holds_on_nan_policy_and_on_watchdog_and_reports_why() -> Non
 
 
 def test_controller_yields_to_operator_and_forwards_in_forward_mode() -> None:
+    clock = [time.time()]
     ctrl = PolicyController(StepPolicy(), SafetyConfig(action_low=[-1, -1], action_high=[1, 1], hold_keep_dims=[]),
-                            takeover="forward")
-    now = time.time()
+                            takeover="forward", clock=lambda: clock[0])
+    now = clock[0]
     ctrl.on_observation("x", np.zeros(2, np.float32), now)
     ctrl.set_intervention(True)
     ctrl.set_operator_action(np.array([0.3, -2.0]), now)
@@ -299,6 +347,7 @@ def test_controller_yields_to_operator_and_forwards_in_forward_mode() -> None:
     ctrl.set_operator_action(np.array([0.3, -0.2]), now)
     r = ctrl.tick(now)
     assert r.source == "human" and r.action.tolist() == [0.3, -0.2]
+    clock[0] = now + 1.0
     ctrl.on_observation("x", np.zeros(2, np.float32), now + 1.0)
     r = ctrl.tick(now + 1.0)  # the operator's last command is 1 s old: hold, and say so
     assert r.source == "hold" and "no fresh operator command" in r.reasons[0] and r.action.tolist() == [0, 0]
