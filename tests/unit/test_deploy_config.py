@@ -12,7 +12,7 @@ def test_default_config_composes_and_validates() -> None:
     run_cfg, node_cfg, _ = load_configs(["deploy.policy.scripted=expert:lift", "episodes=3"])
     assert run_cfg.episodes == 3 and run_cfg.robot.kind == "sim"
     assert node_cfg.policy.kind() == "scripted" and node_cfg.policy.isolation == "process"
-    assert node_cfg.scheduler.blend == "crossfade" and len(node_cfg.safety.joint_low) == 7
+    assert node_cfg.scheduler.blend == "latest" and len(node_cfg.safety.joint_low) == 7
     assert node_cfg.stream_for("camera_wrist").topic == "/camera/wrist/image_raw"
     _, ens, _ = load_configs(["deploy=ensemble"])
     assert ens.scheduler.blend == "temporal_ensemble"
