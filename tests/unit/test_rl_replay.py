@@ -128,3 +128,36 @@ def test_reward_labels_are_computed_not_stored(store) -> None:
     with pytest.raises(ValueError, match="unknown reward labelling"):
         ReplaySource(store, ["joint_pos"], reward="dense")
     assert not R.end_is_terminal(info, steps) and R.end_is_terminal(store.episode(0), store.read_episode(0))
+
+
+def test_cached_camera_features_equal_encoding_the_sampled_images(tmp_path) -> None:
+    import torch
+
+    from robot_learning.data.synthetic import write_episode
+    from robot_learning.policies.base import PolicySpec
+    from robot_learning.rl.features import ObsFeatures, feature_key
+    from robot_learning.rl.replay import camera_features
+
+    s = EpisodeStore.open(str(tmp_path / "img.zarr"), mode="a", image_codec="lossless")
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        write_episode(s, rng, 6, cameras=("front",), hw=(16, 16))
+    spec = PolicySpec(obs_shapes={"camera_front": (16, 16, 3), "joint_pos": (7,)}, action_dim=7)
+    stats = {"joint_pos": {"min": [-2.0] * 7, "max": [2.0] * 7}, "action": {"min": [-3.0] * 7, "max": [3.0] * 7}}
+    torch.manual_seed(0)
+    enc = ObsFeatures.build(spec, {"width": 8, "keypoints": 4, "feature_dim": 8}, stats, frozen=True)
+    with_images = ReplaySource(s, ["camera_front", "joint_pos"], reward="sparse_success")
+    cached = ReplaySource(s, ["joint_pos"], reward="sparse_success",
+                          derived={feature_key("camera_front"): camera_features(enc.encoder, "camera_front")})
+    assert "camera_front" not in cached.gather(np.arange(3))["obs"]  # images are not kept in RAM
+    idx = np.arange(len(with_images))
+    a = enc(to_torch_obs(with_images.gather(idx)["next_obs"]))
+    b = enc(to_torch_obs(cached.gather(idx)["next_obs"]))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert a.shape == (len(idx), enc.out_dim)
+
+
+def to_torch_obs(obs: dict) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in obs.items()}
