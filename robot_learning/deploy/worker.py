@@ -71,6 +71,11 @@ def _answer(conn: Any, factory: Callable[[], Policy]) -> None:
                 t = time.perf_counter()
                 actions = np.asarray(policy.predict_chunk(payload))
                 conn.send(("chunk", rid, actions, (time.perf_counter() - t) * 1e3))
+            elif kind == "sample":  # K candidate chunks in one round trip (value-guided steering)
+                t = time.perf_counter()
+                obs, k = payload
+                chunks = np.asarray(policy.sample_chunks(obs, int(k)))
+                conn.send(("chunks", rid, chunks, (time.perf_counter() - t) * 1e3))
             elif kind == "reset":
                 policy.reset()
                 conn.send(("reset_ok", rid, None))
@@ -183,6 +188,15 @@ class ProcessPolicy(Policy):
         """One chunk ``(horizon, action_dim)`` computed in the child process."""
         self.spec.check_obs_history(obs_history)
         reply = self._request("infer", {k: np.asarray(obs_history[k]) for k in self.spec.obs_shapes})
+        self.last_infer_ms = float(reply[3])
+        return reply[2]
+
+    def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """``k`` candidate chunks ``(k, horizon, action_dim)`` from the child in one request."""
+        self.spec.check_obs_history(obs_history)
+        if int(k) < 1:
+            raise ValueError(f"sample_chunks: k must be >= 1, got {k}")
+        reply = self._request("sample", ({key: np.asarray(obs_history[key]) for key in self.spec.obs_shapes}, int(k)))
         self.last_infer_ms = float(reply[3])
         return reply[2]
 

@@ -153,6 +153,21 @@ class RemotePolicy(Policy):
         self.last_infer_ms = float(reply.get("infer_ms", float("nan")))
         return actions
 
+    def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """``k`` candidate chunks ``(k, horizon, action_dim)`` from the server in one round trip."""
+        self.spec.check_obs_history(obs_history)
+        if int(k) < 1:
+            raise ValueError(f"sample_chunks: k must be >= 1, got {k}")
+        obs = {key: np.asarray(obs_history[key]) for key in self.spec.obs_shapes}
+        reply = self._request({"type": "sample", "obs": obs, "k": int(k)})
+        actions = reply.get("actions")
+        expected = (int(k), self.spec.horizon, self.spec.action_dim)
+        if not isinstance(actions, np.ndarray) or actions.shape != expected:
+            shape = getattr(actions, "shape", type(actions).__name__)
+            raise PolicyServerError(f"policy server {self.url} sent chunks of shape {shape}, expected {expected}")
+        self.last_infer_ms = float(reply.get("infer_ms", float("nan")))
+        return actions
+
     def close(self) -> None:
         """Close the connection."""
         with self._lock:

@@ -33,6 +33,9 @@ from robot_learning.serve.wire import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, WireE
 log = logging.getLogger(__name__)
 
 
+MAX_SAMPLES = 256  # candidates per sample request (bounds one reply's size)
+
+
 def spec_mismatches(
     spec: PolicySpec, obs_shapes: dict[str, Any], action_dim: int, action_mode: str | None = None
 ) -> list[str]:
@@ -90,6 +93,17 @@ class PolicyServer:
         if actions.shape != expected:
             raise ValueError(f"policy returned actions of shape {actions.shape}, spec says {expected}")
         return actions, ms
+
+    def _sample(self, obs: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, float]:
+        """``k`` candidate chunks for one observation history (on the worker thread)."""
+        self.policy.spec.check_obs_history(obs)
+        t0 = time.perf_counter()
+        chunks = np.asarray(self.policy.sample_chunks(obs, k), dtype=np.float32)
+        ms = (time.perf_counter() - t0) * 1e3
+        expected = (k, self.policy.spec.horizon, self.policy.spec.action_dim)
+        if chunks.shape != expected:
+            raise ValueError(f"policy returned chunks of shape {chunks.shape}, expected {expected}")
+        return chunks, ms
 
     async def _reply_error(self, ws: ServerConnection, message: str, request_id: Any = None) -> None:
         self.stats.errors += 1
@@ -155,6 +169,22 @@ class PolicyServer:
                     self.stats.infer_ms.append(ms)
                     del self.stats.infer_ms[:-1000]
                     await ws.send(pack({"type": "chunk", "id": request_id, "actions": actions, "infer_ms": ms}))
+                elif kind == "sample":
+                    obs, k = msg.get("obs"), msg.get("k")
+                    if not isinstance(obs, dict) or not all(isinstance(v, np.ndarray) for v in obs.values()):
+                        await self._reply_error(ws, "sample: 'obs' must map keys to arrays", request_id)
+                        continue
+                    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_SAMPLES:
+                        await self._reply_error(ws, f"sample: 'k' must be an integer in 1..{MAX_SAMPLES}, got {k!r}",
+                                                request_id)
+                        continue
+                    try:
+                        chunks, ms = await loop.run_in_executor(self._executor, self._sample, obs, k)
+                    except Exception as exc:  # report any policy failure to the client, keep serving
+                        await self._reply_error(ws, f"sample failed: {exc}", request_id)
+                        continue
+                    self.stats.requests += 1
+                    await ws.send(pack({"type": "chunks", "id": request_id, "actions": chunks, "infer_ms": ms}))
                 elif kind == "reset":
                     await loop.run_in_executor(self._executor, self.policy.reset)
                     await ws.send(pack({"type": "reset_ok", "id": request_id}))

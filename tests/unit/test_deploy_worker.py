@@ -158,3 +158,28 @@ def test_close_ends_a_prediction_in_flight_and_refuses_new_ones() -> None:
     assert time.perf_counter() - t0 < 3.0 and p.pid is None
     with pytest.raises(PolicyWorkerError, match="closed"):
         p.predict_chunk(obs())
+
+
+class NoisyPolicy(PidPolicy):
+    """Stochastic: fresh noise in every chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(1)
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        return super().predict_chunk(obs_history) + self.rng.normal(0, 0.1, (SPEC.horizon, SPEC.action_dim))
+
+
+def test_sample_chunks_returns_k_different_chunks_from_the_child_in_one_request() -> None:
+    pol = ProcessPolicy(GivenPolicy(NoisyPolicy()), timeout_s=30)
+    try:
+        obs = {"joint_pos": np.zeros((2, 3), np.float32)}
+        chunks = pol.sample_chunks(obs, 4)
+        assert chunks.shape == (4, SPEC.horizon, SPEC.action_dim)
+        assert len({c.tobytes() for c in chunks}) == 4
+        assert np.allclose(np.round(chunks[:, :, 0]), pol.pid)  # computed in the child
+        with pytest.raises(ValueError, match="k must be >= 1"):
+            pol.sample_chunks(obs, 0)
+    finally:
+        pol.close()

@@ -157,3 +157,43 @@ def test_build_policy_waits_for_a_server_that_comes_up_late() -> None:
         timer.join()
         for srv in holder:
             srv.stop()
+
+
+class NoisyPolicy(MeanPolicy):
+    """Stochastic: every chunk is the mean plus fresh noise; counts sample_chunks calls (one per request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rng = np.random.default_rng(0)
+        self.sample_calls = 0
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        return super().predict_chunk(obs_history) + self.rng.normal(0, 0.1, (SPEC.horizon, SPEC.action_dim))
+
+    def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
+        self.sample_calls += 1
+        return super().sample_chunks(obs_history, k)
+
+
+def test_sample_chunks_k_different_candidates_in_one_request() -> None:
+    srv = PolicyServer(NoisyPolicy(), port=0).start_in_thread()
+    remote = RemotePolicy(srv.url, obs_shapes=SPEC.obs_shapes, action_dim=2, action_mode="ee_delta")
+    try:
+        chunks = remote.sample_chunks(obs(0.5), 5)
+        assert chunks.shape == (5, SPEC.horizon, SPEC.action_dim) and srv.policy.sample_calls == 1
+        assert len({c.tobytes() for c in chunks}) == 5  # stochastic: K different chunks
+        assert abs(float(chunks.mean()) - 0.5) < 0.1
+        with pytest.raises(ValueError, match="k must be >= 1"):
+            remote.sample_chunks(obs(0.5), 0)
+        with connect(srv.url, proxy=None) as ws:  # a bad k from any client is answered with the reason
+            ws.recv(timeout=5)
+            ws.send(pack({"type": "handshake", "protocol": 1, "action_dim": 2,
+                          "obs_shapes": {k: list(v) for k, v in SPEC.obs_shapes.items()}}))
+            assert unpack(ws.recv(timeout=5))["type"] == "ready"
+            ws.send(pack({"type": "sample", "id": 9, "obs": obs(0.5), "k": 10_000}))
+            reply = unpack(ws.recv(timeout=5))
+            assert reply["type"] == "error" and "'k' must be an integer" in reply["message"]
+        assert remote.predict_chunk(obs(0.5)).shape == (4, 2)  # the server kept serving
+    finally:
+        remote.close()
+        srv.stop()
