@@ -57,6 +57,8 @@ class DeployRunConfig:
     # policy's first input); legacy: reset policy, sim, policy again while the sim runs (the second
     # reset threw away the episode's first observation, so its first tick was a hold)
     reset_mode: str = "pause"
+    store: str = "data/deploy/rollouts.zarr"  # every deployed episode is recorded here; none = off
+    operator: str = ""
 
     def __post_init__(self) -> None:
         if self.reset_mode not in ("pause", "legacy"):
@@ -112,6 +114,7 @@ class EpisodeDriver:
         self._set_bool = SetBool
         self.reset_mode = reset_mode
         self.policy_reset = self.node.create_client(Trigger, node_cfg.topics.reset_episode)
+        self.label = self.node.create_client(SetBool, node_cfg.topics.label)
         self._trigger = Trigger
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -159,7 +162,16 @@ class EpisodeDriver:
         seed = int(match.group(1)) if match else -1
         while not self.success and self.steps < max_steps:
             time.sleep(0.005)
+        if self.reset_mode == "pause":
+            self.enable_sim(False, timeout)  # the robot stops with the episode (a recorded episode ends here)
+        self._label(self.success, timeout)
         return self.success, max(self.steps, 0), seed
+
+    def _label(self, success: bool, timeout: float) -> None:
+        """The sim's success is the operator label of the episode (refused, harmlessly, when not recording)."""
+        from ros_nodes.common import call_service
+
+        call_service(self.label, self._set_bool.Request(data=success), timeout)
 
     def close(self) -> None:
         """Stop spinning and destroy the node."""
@@ -244,6 +256,10 @@ def _prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tupl
     log_dir = Path(run_cfg.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, log_dir / "deploy_config.yaml")
+    if not node_cfg.record.store:
+        node_cfg.record.store = "none" if run_cfg.store in ("", "none") else run_cfg.store
+    node_cfg.record.task = node_cfg.record.task or run_cfg.task
+    node_cfg.record.operator = node_cfg.record.operator or run_cfg.operator
     if run_cfg.robot.kind == "sim" and not node_cfg.robot_obs_shapes:
         node_cfg.robot_obs_shapes = sim_obs_shapes(run_cfg)
     return env, log_dir

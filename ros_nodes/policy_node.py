@@ -168,7 +168,7 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.ctrl = PolicyController(
                 pol, config.safety, config.scheduler, control_hz=config.control_hz or None, extra_streams=extras,
                 takeover=config.takeover, inference_backoff_s=config.inference_backoff_s,
-                history=config.history, trace=self._make_trace(config),
+                history=config.history, trace=self._make_trace(config), rollout=self._make_rollout(config, pol),
             )
             self._warned: set[str] = set()
             self.rejections = 0
@@ -190,11 +190,17 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.estop_asserted = False
             self.create_subscription(Bool, t.estop, self._on_estop, latched_qos(), callback_group=flags)
             self.create_subscription(Bool, t.intervention, self._on_intervention, latched_qos(), callback_group=flags)
-            if config.takeover == "forward":
+            if config.takeover == "forward" or config.record.store not in ("", "none"):
+                # forward: relayed; yield + recording: the executed action of a human step
                 self.create_subscription(Float64MultiArray, t.operator_action, self._on_operator, control_qos(),
                                          callback_group=flags)
             self.create_service(Trigger, t.reset_estop, self._on_reset_estop, callback_group=flags)
             self.create_service(Trigger, t.reset_episode, self._on_reset_episode, callback_group=flags)
+            from std_srvs.srv import SetBool
+
+            self.create_service(SetBool, t.label, self._on_label, callback_group=flags)
+            if config.keyboard_labels and self.ctrl.rollout is not None and sys.stdin is not None and sys.stdin.isatty():
+                threading.Thread(target=self._keyboard_labels, name="keyboard-labels", daemon=True).start()
             self.pub_action = self.create_publisher(Float64MultiArray, t.action, control_qos())
             self.pub_source = self.create_publisher(String, t.control_source, control_qos())
             self.pub_diag = self.create_publisher(String, t.diagnostics, control_qos())
@@ -210,6 +216,18 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.get_logger().info(
                 f"policy_node: {name} obs={sorted(spec.obs_shapes)} action_dim={spec.action_dim} "
                 f"control {self.ctrl.control_hz} Hz, blend={config.scheduler.blend}, takeover={config.takeover}")
+
+        def _make_rollout(self, config: DeployConfig, pol: Policy) -> Any:
+            if config.record.store in ("", "none"):
+                return None
+            from robot_learning.deploy.rollout import RolloutRecorder
+
+            src = config.policy
+            policy_id = src.checkpoint or src.server or src.scripted or type(pol).__name__
+            hz = config.control_hz or pol.spec.control_hz
+            rec = RolloutRecorder(config.record, policy_id, hz, log=self.get_logger().error)
+            self.get_logger().info(f"recording every episode into {config.record.store} (source=policy)")
+            return rec
 
         @staticmethod
         def _make_trace(config: DeployConfig) -> Any:
@@ -267,6 +285,20 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
                 self.ctrl.reset_estop()
                 resp.success, resp.message = True, "e-stop released"
             return resp
+
+        def _on_label(self, req: Any, resp: Any) -> Any:
+            if self.ctrl.rollout is None:
+                resp.success, resp.message = False, "not recording (deploy store=none)"
+            else:
+                resp.success, resp.message = True, self.ctrl.rollout.label(bool(req.data), by="service")
+            return resp
+
+        def _keyboard_labels(self) -> None:
+            print("label the episode: s + Enter = success, f + Enter = failure", flush=True)
+            for line in sys.stdin:
+                key = line.strip().lower()[:1]
+                if key in ("s", "f") and self.ctrl.rollout is not None:
+                    self.get_logger().info(self.ctrl.rollout.label(key == "s", by="keyboard"))
 
         def _on_reset_episode(self, _req: Any, resp: Any) -> Any:
             self.ctrl.reset_episode()
@@ -329,6 +361,8 @@ def make_node(cfg: DeployConfig | None = None, policy: Policy | None = None) -> 
             self.ctrl.stop()
             if self.ctrl.trace is not None:
                 self.ctrl.trace.flush()
+            if self.ctrl.rollout is not None:
+                self.ctrl.rollout.close()
             close = getattr(self.policy, "close", None)
             if close is not None:
                 close()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from robot_learning.deploy.history import HistoryConfig
+from robot_learning.deploy.rollout import RolloutConfig
 from robot_learning.deploy.safety import SafetyConfig
 from robot_learning.deploy.scheduler import SchedulerConfig
 
@@ -78,6 +79,7 @@ class NodeTopics:
     diagnostics: str = "/policy_node/diagnostics"  # std_msgs/String, JSON
     reset_estop: str = "/policy_node/reset_estop"  # std_srvs/Trigger
     reset_episode: str = "/policy_node/reset"  # std_srvs/Trigger
+    label: str = "/policy_node/label"  # std_srvs/SetBool: operator label of the current episode (true = success)
 
 
 @dataclass
@@ -94,6 +96,8 @@ class DeployConfig:
     # follows it; "free" ticks on the node's own clock, wherever that falls relative to the robot's.
     tick_phase: str = "observation"
     phase_offset_s: float = 0.0  # 0 = inference p90 + 10 ms, measured (capped below one period)
+    record: RolloutConfig = field(default_factory=RolloutConfig)  # every deployed episode into a store
+    keyboard_labels: bool = True  # s / f + Enter in the node's terminal labels the episode success / failure
     trace_dir: str = ""  # write what the policy was fed and what was executed, one npz per episode
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     topics: NodeTopics = field(default_factory=NodeTopics)

@@ -52,6 +52,7 @@ class PolicyController:
         clock: Callable[[], float] = time.time,
         history: HistoryConfig | None = None,
         trace: Any = None,
+        rollout: Any = None,
     ) -> None:
         spec = policy.spec
         self.policy = policy
@@ -73,6 +74,7 @@ class PolicyController:
         self.history_cfg = hcfg
         self.history = ObservationHistory(streams, align=hcfg.align, reference=hcfg.reference,
                                           max_future_s=hcfg.max_future_s, clock_jump_s=hcfg.clock_jump_s, clock=clock)
+        self.rollout = rollout  # a RolloutRecorder (deploy/rollout.py) or None: every episode into a store
         self.trace = trace  # a DeployTrace (deploy/trace.py) or None: what the policy was fed, what ran
         self.scheduler = ActionScheduler(self.policy_dt, scheduler)
         self.safety = SafetyLayer(safety, spec.action_dim)
@@ -138,7 +140,9 @@ class PolicyController:
         self._wake.set()
 
     def reset_episode(self) -> None:
-        """Episode boundary: forget chunks, history and the policy's per-episode state."""
+        """Episode boundary: commit the rollout, forget chunks, history and the policy's per-episode state."""
+        if self.rollout is not None:
+            self.rollout.end_episode()
         with self._lock:
             self.scheduler.clear()
             self.history.clear()
@@ -162,6 +166,7 @@ class PolicyController:
                 if self.takeover == "yield":
                     result = TickResult(None, "human", "yielded", ["operator in control"])
                     self.last_tick = result
+                    self._record(now, result)
                     return result
                 op = self._operator
                 proposal = op[0] if op is not None and now - op[1] <= self.safety.config.stale_timeout_s else None
@@ -172,6 +177,7 @@ class PolicyController:
                         decision.reasons = ["no_action: no fresh operator command on the takeover topic"]
                     result = TickResult(decision.action, "hold", decision.status, decision.reasons)
                     self.last_tick, self.last_problem = result, decision.reasons[0]
+                    self._record(now, result)
                     return result
             else:
                 proposal = self.scheduler.action_at(now)
@@ -187,8 +193,22 @@ class PolicyController:
         self.last_tick = result
         if self.trace is not None:
             self.trace.tick(now, result.action, source)
+        self._record(now, result)
         self._wake.set()
         return result
+
+    def _record(self, now: float, result: TickResult) -> None:
+        """Hand the executed step to the rollout recorder (the operator's command during a takeover)."""
+        if self.rollout is None:
+            return
+        action = result.action
+        if action is None and result.source == "human":  # yield: the operator drives the robot directly
+            op = self._operator
+            action = op[0] if op is not None and now - op[1] <= self.safety.config.stale_timeout_s else None
+        keys = list(self.history.shapes)
+        obs = {k: self.history.latest(k) for k in keys}
+        self.rollout.on_tick(now, obs, self.history.newest_stamps(), action, result.source,
+                             self.intervention)
 
     def _apply_step_hook(self, planned: np.ndarray, now: float) -> np.ndarray | None:
         """The policy's correction of the planned action from the current observations (None = hold)."""
