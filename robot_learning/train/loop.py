@@ -4,6 +4,9 @@ A policy network only has to implement ``compute_loss(batch)`` (see ``policies/m
 loop owns everything else: AdamW with warm-up + cosine decay, gradient clipping, EMA (diffusers'
 ``EMAModel``), checkpoints every N steps with exact resume, TensorBoard + CSV logs, a tqdm bar,
 periodic sim evaluation, device selection, bf16 autocast on CUDA and DDP under ``torchrun``.
+The generic pieces live in their own modules, which RL learners (robot_learning/rl/) use too:
+``checkpointing`` (RNG capture, per-step seeds, EMA weights, atomic resume files),
+``distributed`` (the process group), ``metrics`` (TensorBoard + CSV), ``progress`` (the bar).
 
 Exact resume: the data order is a pure function of (seed, step) — each epoch is a seeded
 permutation and a resumed run skips to its position — and the torch RNG (crop offsets, diffusion
@@ -14,10 +17,6 @@ weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import csv
-import datetime
-import os
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,23 +24,25 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from robot_learning.config import save_config
 from robot_learning.policies.base import PolicySpec, check_spec_matches
-from robot_learning.policies.checkpoint import (
-    atomic_save,
-    build_model,
-    checkpoint_dict,
-    read_checkpoint,
-    resolve_device,
-)
+from robot_learning.policies.checkpoint import atomic_save, build_model, checkpoint_dict, read_checkpoint
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel, dataset_horizon
+from robot_learning.train.checkpointing import (
+    LATEST,
+    ema_state_dict,
+    gather_rng,
+    rng_states,
+    set_rng_states,
+    step_seed,
+)
 from robot_learning.train.config import RunSection, plain, validate_run_config
+from robot_learning.train.distributed import Distributed
+from robot_learning.train.metrics import MetricsLog
+from robot_learning.train.progress import note, progress_bar
 
-LATEST = "checkpoints/latest.pt"
 POLICY = "policy.pt"
 
 
@@ -82,69 +83,6 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """The torch seed of one training step on one process."""
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def rng_states() -> dict[str, Any]:
-    """Every RNG state as plain data (restorable with ``weights_only`` loading)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
-        "python": random.getstate(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Inverse of ``rng_states``."""
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(("MT19937", states["numpy"]["key"].numpy().astype(np.uint32), states["numpy"]["pos"], 0, 0.0))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-class Distributed:
-    """Process-group bookkeeping: a no-op for one process, gloo/nccl under ``torchrun``."""
-
-    def __init__(self, device_name: str, timeout_s: float = 600.0) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = resolve_device(device_name)
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group(
-                "nccl" if self.device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s)
-            )
-
-    @property
-    def main(self) -> bool:
-        """Whether this process writes logs and checkpoints."""
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        """Wait for every process (no-op alone)."""
-        if self.world > 1:
-            dist.barrier()
-
-    def close(self, ok: bool) -> None:
-        """Leave the process group: all together after success; after an error, without waiting for the others."""
-        if self.world > 1 and dist.is_initialized() and ok:
-            # Every process reaches the barrier before any tears its connections down; destroying while a peer
-            # is still in a collective is a known gloo/nccl hang (pytorch#75097).
-            dist.barrier()
-            dist.destroy_process_group()
-        # After an error the group is left to process exit: a collective teardown could wait on a peer that is
-        # itself stuck in a collective, and torchrun stops the other processes anyway.
-
-
 def _policy_spec(run: RunSection, store: Any) -> PolicySpec:
     keys = store.keys
     missing = [k for k in [*run.policy.obs_keys, run.data.action_key] if k not in keys]
@@ -174,27 +112,6 @@ def check_finite(store: Any, keys: list[str], episodes: list[int]) -> None:
             if bad.any():
                 step = int(np.argwhere(bad)[0][0])
                 raise ValueError(f"store {store.uri}: key '{key}' has NaN/inf in episode {ep} at step {step}")
-
-
-class CsvLog:
-    """Append-only metrics CSV; on resume, rows after the resumed step are dropped."""
-
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        rows: list[dict[str, str]] = []
-        if path.exists() and resume_step > 0:
-            with path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
-        self.fields = ["step", "loss", "lr", "grad_norm", "ema_decay", "steps_per_s", "eval_success", "eval_ci_low", "eval_ci_high"]
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields)
-            writer.writeheader()
-            writer.writerows({k: r.get(k, "") for k in self.fields} for r in rows)
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Append one row."""
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.fields).writerow({k: row.get(k, "") for k in self.fields})
 
 
 def train(cfg: DictConfig) -> Path:
@@ -260,11 +177,7 @@ def train(cfg: DictConfig) -> Path:
             start_step = int(state["step"])
         del resume_ckpt
 
-        net: torch.nn.Module = model
-        if ddp.world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[ddp.device.index] if ddp.device.type == "cuda" else None
-            )
+        net = ddp.wrap(model)
 
         if ddp.main:
             out.mkdir(parents=True, exist_ok=True)
@@ -275,12 +188,8 @@ def train(cfg: DictConfig) -> Path:
             dataset, batch_sampler=sampler, collate_fn=collate, num_workers=run.data.num_workers,
             persistent_workers=False, pin_memory=ddp.device.type == "cuda",
         )
-        writer = csv_log = None
+        metrics = MetricsLog(out, start_step, enabled=ddp.main)
         if ddp.main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tb"), purge_step=start_step + 1 if start_step else None)
-            csv_log = CsvLog(out / "metrics.csv", start_step)
             print(
                 f"training {run.policy.type} on {len(train_ids)} episodes ({len(dataset)} windows), "
                 f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters, device {ddp.device}, "
@@ -289,7 +198,7 @@ def train(cfg: DictConfig) -> Path:
             )
 
         def save(step: int, rng: list[dict[str, Any]]) -> None:
-            ema_weights = _ema_state_dict(model, ema)
+            ema_weights = ema_state_dict(model, ema)
             full = checkpoint_dict(
                 model, ema_weights, step=step, config=plain(cfg),
                 train_state={
@@ -303,8 +212,7 @@ def train(cfg: DictConfig) -> Path:
             atomic_save(checkpoint_dict(model, ema_weights, step=step, config=plain(cfg)), out / POLICY)
 
         autocast = ddp.device.type == "cuda" and tcfg.amp
-        bar = tqdm(total=tcfg.steps, initial=start_step, desc=f"train {run.policy.type}", disable=not ddp.main,
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = progress_bar(tcfg.steps, start_step, f"train {run.policy.type}", enabled=ddp.main)
         net.train()
         step = start_step
         t_last, steps_since = time.perf_counter(), 0
@@ -338,12 +246,9 @@ def train(cfg: DictConfig) -> Path:
                 }
                 t_last, steps_since = now, 0
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                for k, v in row.items():
-                    if k != "step" and v is not None:
-                        writer.add_scalar(f"train/{k}", v, step)
-                csv_log.write(row)
+                metrics.log(step, row)
             if step % tcfg.checkpoint_every == 0 or step == stop_at:
-                rng = _gather_rng(ddp)
+                rng = gather_rng(ddp.world)
                 if ddp.main:
                     save(step, rng)
                 ddp.barrier()
@@ -351,11 +256,10 @@ def train(cfg: DictConfig) -> Path:
                 if ddp.main:
                     if step % tcfg.checkpoint_every != 0 and step != stop_at:
                         save(step, [rng_states()])
-                    _periodic_eval(run, out / POLICY, step, writer, csv_log)
+                    _periodic_eval(run, out / POLICY, step, metrics)
                 ddp.barrier()
         bar.close()
-        if writer is not None:
-            writer.close()
+        metrics.close()
         ok = True
         return out / POLICY
     finally:
@@ -376,29 +280,7 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     }
 
 
-def _ema_state_dict(model: PolicyModel, ema: Any) -> dict[str, torch.Tensor]:
-    """The model's state dict with EMA weights in place of the trained ones."""
-    if ema is None:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    ema.store(params)
-    ema.copy_to(params)
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    ema.restore(params)
-    return weights
-
-
-def _gather_rng(ddp: Distributed) -> list[dict[str, Any]]:
-    """Every process's RNG states (rank order), so that a resumed DDP run restores each."""
-    mine = rng_states()
-    if ddp.world == 1:
-        return [mine]
-    everyone: list[Any] = [None] * ddp.world
-    dist.all_gather_object(everyone, mine)  # in-process collective over the existing group
-    return everyone
-
-
-def _periodic_eval(run: RunSection, policy_path: Path, step: int, writer: Any, csv_log: CsvLog | None) -> None:
+def _periodic_eval(run: RunSection, policy_path: Path, step: int, metrics: MetricsLog) -> None:
     """Evaluate the current EMA policy in sim and log success with its Wilson interval."""
     from robot_learning.eval.policy_agent import evaluate_checkpoint
 
@@ -408,10 +290,7 @@ def _periodic_eval(run: RunSection, policy_path: Path, step: int, writer: Any, c
         dr=tcfg.eval_dr, video_dir=None,
     )
     lo, hi = report.ci95
-    tqdm.write(f"step {step}: sim eval success {report.summary()}")
-    if writer is not None:
-        writer.add_scalar("eval/success", report.success_rate, step)
-        writer.add_scalar("eval/ci_low", lo, step)
-        writer.add_scalar("eval/ci_high", hi, step)
-    if csv_log is not None:
-        csv_log.write({"step": step, "eval_success": report.success_rate, "eval_ci_low": lo, "eval_ci_high": hi})
+    note(f"step {step}: sim eval success {report.summary()}")
+    metrics.scalars(step, {"success": report.success_rate, "ci_low": lo, "ci_high": hi}, prefix="eval")
+    if metrics.csv is not None:
+        metrics.csv.write({"step": step, "eval_success": report.success_rate, "eval_ci_low": lo, "eval_ci_high": hi})

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,11 +62,21 @@ def test_train_writes_checkpoint_config_and_logs(toy_store, tmp_path) -> None:
     assert ckpt["normalizer"]["action"]["max"][2] == 1.0
 
 
-@pytest.mark.parametrize("extra", [TINY_BC, [*TINY, "policy=bc_gmm", "policy.params.hidden_dims=[32]"]])
-def test_bc_variants_train(toy_store, tmp_path, extra) -> None:
+@pytest.mark.parametrize(("extra", "head"), [(TINY_BC, "mlp"),
+                                             ([*TINY, "policy=bc_gmm", "policy.params.hidden_dims=[32]"], "gmm")])
+def test_bc_variants_train(toy_store, tmp_path, extra, head) -> None:
     cfg = compose("train", [*extra, f"data.store={toy_store}", f"out_dir={tmp_path}", "train.steps=6"])
     policy = load_policy(train(cfg))
-    assert policy.policy_type == "bc"
+    assert policy.policy_type == "bc" and policy.model.config.head == head
+    n_out = policy.model.mlp[-1].out_features
+    chunk = policy.spec.horizon * policy.spec.action_dim
+    modes = policy.model.config.n_modes
+    assert n_out == (chunk if head == "mlp" else modes * (1 + 2 * chunk))  # the head really is this head
+    obs = {"camera_front": np.zeros((2, 16, 16, 3), np.uint8), "joint_pos": np.zeros((2, 4), np.float32)}
+    samples = policy.sample_chunks(obs, 8)
+    spread = float(samples.std(axis=0).max())
+    # an MLP head is deterministic; a mixture head samples (different chunks for one observation)
+    assert spread < 1e-6 if head == "mlp" else spread > 1e-3
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from robot_learning.config import compose
+from robot_learning.train.checkpointing import rng_states, set_rng_states, step_seed
 from robot_learning.train.config import validate_run_config
-from robot_learning.train.loop import CsvLog, StepBatches, rng_states, set_rng_states, step_seed
+from robot_learning.train.loop import StepBatches
+from robot_learning.train.metrics import CsvLog
 
 
 def test_step_batches_are_a_function_of_the_step() -> None:
@@ -83,3 +85,22 @@ def test_rlstack_reports_bad_config_in_one_line_with_exit_code_2(capsys, monkeyp
     monkeypatch.setenv("RLSTACK_TRACEBACK", "1")  # debugging the stack itself: the exception propagates
     with pytest.raises(FileNotFoundError):
         rlstack(["eval", "checkpoint=missing.pt"])
+
+
+def test_numpy_generator_state_survives_a_weights_only_checkpoint(tmp_path) -> None:
+    from robot_learning.train.checkpointing import (
+        load_resume,
+        numpy_generator_state,
+        save_checkpoint,
+        set_numpy_generator_state,
+    )
+
+    rng = np.random.default_rng(5)
+    rng.integers(0, 10, 7)
+    save_checkpoint(tmp_path / "checkpoints" / "latest.pt",
+                    {"format": "rlstack.policy", "version": 1, "rng": numpy_generator_state(rng)})
+    expected = rng.integers(0, 1000, 5)
+    other = np.random.default_rng(0)
+    set_numpy_generator_state(other, load_resume(tmp_path)["rng"])
+    np.testing.assert_array_equal(other.integers(0, 1000, 5), expected)
+    assert load_resume(tmp_path / "nothing") is None

@@ -1,0 +1,108 @@
+"""Exact-resume machinery shared by the policy training loop and RL learners.
+
+Exactness rests on three things this module provides: every RNG state as plain data (restorable
+from a ``weights_only`` checkpoint), a per-step seed that is a pure function of (seed, step, rank),
+and atomic checkpoint files holding model, optimizer, scheduler, EMA and RNG state together. A run
+killed after checkpoint k and resumed then reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from robot_learning.policies.checkpoint import atomic_save, read_checkpoint
+
+LATEST = "checkpoints/latest.pt"
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one training step on one process."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def rng_states() -> dict[str, Any]:
+    """Every RNG state as plain data (restorable with ``weights_only`` loading)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of ``rng_states``."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(("MT19937", states["numpy"]["key"].numpy().astype(np.uint32), states["numpy"]["pos"], 0, 0.0))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def gather_rng(world: int) -> list[dict[str, Any]]:
+    """Every process's RNG states (rank order), so that a resumed multi-process run restores each."""
+    mine = rng_states()
+    if world == 1:
+        return [mine]
+    everyone: list[Any] = [None] * world
+    dist.all_gather_object(everyone, mine)  # in-process collective over the existing group
+    return everyone
+
+
+def numpy_generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A numpy Generator's bit-generator state as plain data (RL samplers draw from their own Generator)."""
+    return dict(rng.bit_generator.state)
+
+
+def set_numpy_generator_state(rng: np.random.Generator, saved: dict[str, Any]) -> None:
+    """Inverse of ``numpy_generator_state``."""
+    if saved.get("bit_generator") != type(rng.bit_generator).__name__:
+        raise ValueError(f"saved generator state is {saved.get('bit_generator')}, this generator is "
+                         f"{type(rng.bit_generator).__name__}")
+    rng.bit_generator.state = saved
+
+
+def state_dicts(objects: dict[str, Any]) -> dict[str, Any]:
+    """``{name: obj.state_dict()}`` for modules, optimizers, schedulers, EMA (None entries skipped)."""
+    return {name: obj.state_dict() for name, obj in objects.items() if obj is not None}
+
+
+def load_state_dicts(objects: dict[str, Any], states: dict[str, Any], where: str) -> None:
+    """Load what ``state_dicts`` saved into the same named objects; a missing entry is an error."""
+    for name, obj in objects.items():
+        if obj is None:
+            continue
+        if name not in states:
+            raise ValueError(f"{where}: the checkpoint has no state for '{name}' (has {sorted(states)})")
+        obj.load_state_dict(states[name])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically write a checkpoint (plain data only, so it loads with ``weights_only=True``)."""
+    atomic_save(payload, path)
+
+
+def load_resume(out_dir: str | Path, name: str = LATEST) -> dict[str, Any] | None:
+    """The latest training checkpoint of a run folder, or None when there is none yet."""
+    path = Path(out_dir) / name
+    return read_checkpoint(path) if path.exists() else None
+
+
+def ema_state_dict(model: torch.nn.Module, ema: Any) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with the EMA weights (diffusers ``EMAModel``) in place of the trained ones."""
+    if ema is None:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    ema.store(params)
+    ema.copy_to(params)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ema.restore(params)
+    return weights
