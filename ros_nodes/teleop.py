@@ -148,7 +148,8 @@ def make_node() -> Any:
                 self.get_logger().info(f"teleop: scripted expert for '{task}' (quality {quality}, seed {seed})")
             elif self.mode == "keyboard":
                 self.keyboard = KeyboardTeleop(int(self.declare_parameter("action_dim", 5).value))
-                self._clients = {
+                # not self._clients: rclpy's Node keeps its own list of service clients under that name
+                self._recorder_clients = {
                     TOPICS.recorder_start: self.create_client(Trigger, TOPICS.recorder_start),
                     TOPICS.recorder_stop: self.create_client(Trigger, TOPICS.recorder_stop),
                     TOPICS.recorder_discard: self.create_client(Trigger, TOPICS.recorder_discard),
@@ -187,7 +188,7 @@ def make_node() -> Any:
                 self.pub_intervention.publish(Bool(data=self.keyboard.intervention))
                 self.get_logger().info(f"intervention {'ON' if self.keyboard.intervention else 'off'}")
             if service is not None:
-                client = self._clients[service]
+                client = self._recorder_clients[service]
                 req = SetBool.Request(data=True) if service == TOPICS.recorder_mark_success else Trigger.Request()
                 if not client.service_is_ready():
                     self.get_logger().error(f"{service}: recorder not running")
