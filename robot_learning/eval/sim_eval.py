@@ -68,35 +68,38 @@ def write_video(frames: list[np.ndarray], path: Path, fps: float) -> str:
 
 
 def _run_episode(seed: int) -> EpisodeResult:
-    """One episode in this process's robot (worker side)."""
+    """One episode in this process's robot (worker side), through the one sim episode loop."""
+    from sim.gym_env import run_episode
+
     w = _WORKER
     robot, agent = w["robot"], w["agent"]
     record = w["video_dir"] is not None and seed in w["video_seeds"]
     frames: list[np.ndarray] = []
-    try:
-        obs = robot.reset(seed=seed)
-        agent.reset(seed=seed) if w["takes_seed"] else agent.reset()
-        best: dict[str, float] = dict(robot.metrics())
-        success, steps = robot.success(), 0
+    best: dict[str, float] = {}
+
+    def reset_agent(s: int) -> None:
+        agent.reset(seed=s) if w["takes_seed"] else agent.reset()
+        best.update(robot.metrics())
         if record:
             frames.append(robot.render_frame())
-        while not success and steps < w["max_steps"]:
-            robot.act(agent.act(obs))
-            steps += 1
-            obs = robot.observe()
-            success = robot.success()
-            for k, v in robot.metrics().items():
-                best[k] = max(best.get(k, v), v)
-            if record:
-                frames.append(robot.render_frame())
+
+    def on_step(_obs: Any, _action: np.ndarray, _outcome: Any) -> None:
+        for k, v in robot.metrics().items():
+            best[k] = max(best.get(k, v), v)
+        if record:
+            frames.append(robot.render_frame())
+
+    try:
+        outcome = run_episode(robot, agent.act, seed, w["max_steps"], reset_agent=reset_agent, on_step=on_step)
     except Exception as exc:
         raise RuntimeError(f"evaluation episode seed {seed} (task {robot.task.name}): {exc}") from exc
+    success = outcome.success
     video = None
     if record:
         tag = "success" if success else "failure"
         video = write_video(frames, Path(w["video_dir"]) / f"{robot.task.name}_seed{seed}_{tag}.mp4", robot.control_hz)
-    return EpisodeResult(seed=seed, success=bool(success), length=steps, metrics=robot.metrics(), max_metrics=best,
-                         video=video)
+    return EpisodeResult(seed=seed, success=bool(success), length=outcome.steps, metrics=robot.metrics(),
+                         max_metrics=best, video=video)
 
 
 def evaluate(

@@ -44,6 +44,8 @@ from robot_learning.rl.rewards import RewardFn, discounted_returns, end_is_termi
 
 DerivedFn = Callable[[EpisodeInfo, Mapping[str, np.ndarray]], np.ndarray]
 STEP_KEYS = ("reward", "done", "terminal", "intervention", "control_source")
+TRANSITION_FIELDS = ("reward", "discount", "n_steps", "terminal", "truncated", "mc_return", "intervention",
+                     "episode", "step")
 
 
 @dataclass
@@ -204,23 +206,39 @@ class ReplaySource:
             self._table.setdefault(key, _Rows()).append(np.asarray(value))
         self.episode_ids.append(info.index)
 
-    def _history(self, key: str, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def _history_rows(self, rows: np.ndarray, starts: np.ndarray) -> np.ndarray:
         offsets = np.arange(self.n_obs_steps - 1, -1, -1, dtype=np.int64)
-        idx = np.maximum(rows[:, None] - offsets[None, :], starts[:, None])  # pad at the episode's start only
-        return self._cols[key].view().take(idx, axis=0)
+        return np.maximum(rows[:, None] - offsets[None, :], starts[:, None])  # pad at the episode's start only
 
-    def gather(self, idx: np.ndarray) -> dict[str, Any]:
-        """The transitions at indices ``idx`` as numpy arrays (see the module docstring)."""
-        tab = {k: v.view() for k, v in self._table.items()}
-        rows, nxt, starts = tab["t"][idx], tab["next"][idx], tab["start"][idx]
+    def empty_batch(self, n: int) -> dict[str, Any]:
+        """Uninitialised arrays for ``n`` transitions, laid out as ``gather`` returns them."""
+        def like(col: _Rows, *lead: int) -> np.ndarray:
+            return np.empty((*lead, *col.data.shape[1:]), dtype=col.data.dtype)
+
         out: dict[str, Any] = {
-            "obs": {k: self._history(k, rows, starts) for k in self.sample_keys},
-            "next_obs": {k: self._history(k, nxt, starts) for k in self.sample_keys},
-            "action": self._cols[self.action_key].view().take(rows, axis=0),
+            "obs": {k: like(self._cols[k], n, self.n_obs_steps) for k in self.sample_keys},
+            "next_obs": {k: like(self._cols[k], n, self.n_obs_steps) for k in self.sample_keys},
+            "action": like(self._cols[self.action_key], n),
         }
-        for key in ("reward", "discount", "n_steps", "terminal", "truncated", "mc_return", "intervention",
-                    "episode", "step"):
-            out[key] = tab[key][idx]
+        out.update({k: like(self._table[k], n) for k in TRANSITION_FIELDS})
+        return out
+
+    def gather(self, idx: np.ndarray, out: dict[str, Any] | None = None, at: int = 0) -> dict[str, Any]:
+        """The transitions at indices ``idx`` as numpy arrays (see the module docstring); written into
+        rows ``at:at+len(idx)`` of ``out`` (from ``empty_batch``) when given, so mixing copies once."""
+        idx = np.asarray(idx, dtype=np.int64)
+        out = self.empty_batch(len(idx)) if out is None else out
+        sl = slice(at, at + len(idx))
+        tab = {k: v.view() for k, v in self._table.items()}
+        starts = tab["start"][idx]
+        rows = tab["t"][idx]
+        for name, base in (("obs", rows), ("next_obs", tab["next"][idx])):
+            hist = self._history_rows(base, starts)
+            for k in self.sample_keys:
+                np.take(self._cols[k].view(), hist, axis=0, out=out[name][k][sl])
+        np.take(self._cols[self.action_key].view(), rows, axis=0, out=out["action"][sl])
+        for key in TRANSITION_FIELDS:
+            np.take(tab[key], idx, axis=0, out=out[key][sl])
         return out
 
     def sample_indices(self, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -259,6 +277,9 @@ class MixedReplay:
             raise ValueError(f"ratios name {sorted(ratios)}, sources are {sorted(sources)}")
         if any(r < 0 for r in ratios.values()):
             raise ValueError(f"ratios must be >= 0, got {dict(ratios)}")
+        layouts = {n: (tuple(s.sample_keys), s.n_obs_steps, s.action_key) for n, s in sources.items()}
+        if len(set(layouts.values())) > 1:
+            raise ValueError(f"mixed sources must sample the same keys and history length, got {layouts}")
         self.names = list(sources)
         self.sources = dict(sources)
         self.ratios = [float(ratios[n]) for n in self.names]
@@ -281,27 +302,18 @@ class MixedReplay:
                 self._warned.add(n)
                 warnings.warn(f"replay source '{n}' is empty: its share of each batch goes to the others", stacklevel=2)
         counts = split_counts(batch_size, weights)
-        parts, ids = [], []
+        batch: dict[str, Any] | None = None
+        ids, at = [], 0
         for i, (name, c) in enumerate(zip(self.names, counts, strict=True)):
             if c:
                 src = self.sources[name]
-                parts.append(src.gather(src.sample_indices(int(c), self.rng)))
+                batch = src.empty_batch(batch_size) if batch is None else batch
+                src.gather(src.sample_indices(int(c), self.rng), out=batch, at=at)
                 ids.append(np.full(int(c), i, dtype=np.int64))
-        batch = _concat(parts)
+                at += int(c)
+        assert batch is not None
         batch["source"] = np.concatenate(ids)
         return to_torch(batch, self.device) if as_torch else batch
-
-
-def _concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    if len(parts) == 1:
-        return parts[0]
-    out: dict[str, Any] = {}
-    for key, v in parts[0].items():
-        if isinstance(v, dict):
-            out[key] = {k: np.concatenate([p[key][k] for p in parts]) for k in v}
-        else:
-            out[key] = np.concatenate([p[key] for p in parts])
-    return out
 
 
 def camera_features(encoder: torch.nn.Module, key: str, batch_size: int = 256,
