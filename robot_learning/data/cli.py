@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
     "merge": (None, "append every episode of one or more stores to another (also compacts)"),
     "export-video": (None, "write an episode's camera to mp4 (OpenCV), at the real frame rate"),
     "import-bag": ("robot_learning.data.bag_import", "import a rosbag2 recording as episodes"),
+    "view": ("robot_learning.data.view", "show episodes in Rerun: spawn the viewer, --serve PORT or --save FILE.rrd"),
+    "report": ("robot_learning.data.report", "one self-contained HTML report: success, lengths, thumbnails, timing, flags"),
 }
 
 

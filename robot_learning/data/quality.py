@@ -76,6 +76,7 @@ class EpisodeQuality:
     length: int
     duration: float
     pauses: list[tuple[int, int, float]] = field(default_factory=list)  # (first step, last step, seconds)
+    still_runs: list[float] = field(default_factory=list)  # seconds of every still run, pause or not
     saturation: dict[str, float] = field(default_factory=dict)  # action dim -> share of steps at a bound
     smoothness: float = math.nan  # mean |second difference| of the action / its std; higher = jerkier
     timing: dict[str, StreamTiming] = field(default_factory=dict)
@@ -302,7 +303,9 @@ def episode_quality(
         x = np.asarray(episode[motion], dtype=np.float64).reshape(info.length, -1)
         if motion == "ee_pose":
             x = x[:, :3]  # position only: quaternion sign flips are not motion
-        q.pauses = pause_lengths(x, tick, cfg.pause_speed, cfg.min_pause_s)
+        runs = pause_lengths(x, tick, cfg.pause_speed, 0.0)
+        q.still_runs = [r[2] for r in runs]
+        q.pauses = [r for r in runs if r[2] >= cfg.min_pause_s]
         for a, b, secs in q.pauses:
             q.flags.append(Flag("pause", f"no motion ({motion}) for {secs:.1f} s, steps {a}-{b}", a))
     if "action" in episode and bounds is not None:

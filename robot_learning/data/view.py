@@ -23,6 +23,7 @@ From Python (a notebook)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -260,3 +261,42 @@ def serve(store: str | EpisodeStore, port: int, episodes: Sequence[int] | None =
         except KeyboardInterrupt:
             pass
     return url
+
+
+# ---------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``rlstack data view`` arguments."""
+    p.add_argument("store", help="store path or s3://bucket/prefix")
+    p.add_argument("episodes", nargs="*", type=int, metavar="EPISODE", help="episode indices (default: 0)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--save", metavar="FILE.rrd", help="write a Rerun recording file (open it later with `rerun FILE.rrd`)")
+    how.add_argument("--spawn", action="store_true", help="open the native Rerun viewer (needs a display; the default if there is one)")
+    how.add_argument("--serve", type=int, metavar="PORT", help="serve the web viewer on http://127.0.0.1:PORT (for a remote machine: ssh -L)")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of logged frames, 0 = raw pixels (default 90)")
+    p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="fsspec option for remote stores, e.g. endpoint_url=http://127.0.0.1:9000")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Spawn, serve or save; with no display and no choice, save next to the working directory."""
+    from robot_learning.data.cli import _storage_options
+
+    if not 0 <= args.jpeg_quality <= 100:
+        raise ValueError(f"--jpeg-quality must be in 0..100, got {args.jpeg_quality}")
+    options = _storage_options(args.storage_option)
+    if args.serve is not None:
+        serve(args.store, args.serve, args.episodes, options, args.jpeg_quality)
+        return 0
+    if args.spawn or (args.save is None and has_display()):
+        spawn(args.store, args.episodes, options, args.jpeg_quality)
+        print("sent to the Rerun viewer")
+        return 0
+    out = args.save
+    if out is None:
+        eps = "_".join(map(str, args.episodes or [0]))
+        out = f"{Path(args.store.rstrip('/')).stem}_ep{eps}.rrd"
+    path = save(args.store, out, args.episodes, options, args.jpeg_quality)
+    if args.save is None:
+        print("no display here, so saved instead (--spawn or --serve PORT to choose)")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it with: rerun {path}")
+    return 0
