@@ -26,8 +26,10 @@ def test_demo_dry_run_lists_every_stage() -> None:
 def test_demo_bad_override_is_named() -> None:
     proc = subprocess.run([sys.executable, "-m", "robot_learning.cli", "demo", "--dry-run", "demos=many"],
                           cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert "demos" in proc.stderr + proc.stdout
+    # a user error: exit code 2, one message that names the key and the bad value, no traceback
+    assert proc.returncode == 2, proc.stderr
+    assert "full_key: demos" in proc.stderr and "'many'" in proc.stderr
+    assert "Traceback" not in proc.stderr and not proc.stdout.strip()
 
 
 def test_demo_runs_the_whole_loop_at_toy_size(tmp_path: Path, ros_env) -> None:
