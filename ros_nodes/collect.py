@@ -31,6 +31,7 @@ def node_params(cfg: CollectConfig) -> dict[str, dict[str, Any]]:
             "store": cfg.store, "streams": [s.to_param() for s in cfg.all_streams()], "clock": cfg.recorder.clock,
             "control_hz": cfg.robot.control_hz, "task": cfg.robot.task, "source": source, "operator": cfg.operator,
             "max_wait_s": cfg.recorder.max_wait_s, "image_codec": cfg.recorder.image_codec,
+            "max_future_s": cfg.recorder.max_future_s,
         },
         "teleop": {"mode": cfg.teleop.mode, "task": cfg.robot.task, "quality": cfg.teleop.quality,
                    "seed": cfg.teleop.seed, "control_hz": cfg.robot.control_hz},

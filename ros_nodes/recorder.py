@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ class RecorderSettings:
     operator: str = ""
     max_wait_s: float = 1.0  # a stream silent this long is reported as stopped
     image_codec: str = "jpeg"
+    max_future_s: float = 1.0  # a stamp further ahead of the receive clock is rejected (wrong publisher clock)
     tags: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,7 +51,7 @@ class _StepWriter:
 
     def __init__(self, writer: Any) -> None:
         self.writer = writer
-        self.queue: queue.Queue[Step | None] = queue.Queue()
+        self.queue: queue.Queue[Step | tuple[str, Any, Any] | None] = queue.Queue()
         self.error: str = ""
         self.written = 0
         self.thread = threading.Thread(target=self._run, daemon=True, name="episode-writer")
@@ -65,8 +65,11 @@ class _StepWriter:
             if self.error:
                 continue  # the episode is already bad; keep draining
             try:
-                self.writer.append(step.data, step.stamps)
-                self.written += 1
+                if isinstance(step, tuple):  # raw samples of a high-rate stream: (key, values, stamps)
+                    self.writer.append_stream(*step)
+                else:
+                    self.writer.append(step.data, step.stamps)
+                    self.written += 1
             except Exception as exc:  # a store error ends this episode, never the recorder
                 self.error = f"store append failed at step {self.written}: {exc}"
 
@@ -102,6 +105,9 @@ class Recorder:
         self._last_recv: dict[str, float] = {}
         self._stalled: set[str] = set()
         self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._started_at = 0.0
+        self._silent_reported: set[str] = set()
         self._carry: dict[str, tuple[float, Any]] = {}  # latest-mode values seen between episodes
 
     @property
@@ -120,12 +126,15 @@ class Recorder:
         rates = {"step": s.control_hz, **{k: st.rate_hz for st in s.streams for k in st.keys if st.rate_hz > 0}}
         self.meta = EpisodeMeta(task=s.task, source=s.source, operator=s.operator, rates=rates, tags=dict(s.tags))
         self.writer = _StepWriter(self.store.begin_episode(self.meta))
-        self.aligner = EpisodeAligner(s.streams, s.clock, s.control_hz, start_time=now, max_wait_s=s.max_wait_s)
+        self.aligner = EpisodeAligner(s.streams, s.clock, s.control_hz, start_time=now, max_wait_s=s.max_wait_s,
+                                      max_future_s=s.max_future_s)
         for name, (stamp, values) in self._carry.items():
             self.aligner.carry_in(name, stamp, values)
         self.success = False
         self._stalled.clear()
-        self._last_recv = {name: now for name in self.streams}
+        self._silent_reported.clear()
+        self._started_at = now
+        self._last_recv = {}  # a stream is "stopped" only after it has published in this episode
         return True, f"recording episode {len(self.store)}"
 
     def mark_success(self, success: bool) -> tuple[bool, str]:
@@ -142,6 +151,7 @@ class Recorder:
         assert self.aligner is not None and self.writer is not None
         for step in self.aligner.flush():
             self.writer.queue.put(step)
+        self._queue_raw()
         self.writer.finish()
         summary = {"streams": self.aligner.summary(), "steps": self.writer.written, "success": self.success}
         writer, error = self.writer.writer, self.writer.error
@@ -149,8 +159,7 @@ class Recorder:
         self.last_summary = summary
         if error or writer._n == 0:
             writer.discard()
-            reason = error or (f"no steps recorded (is the clock stream '{self.settings.clock}' "
-                               f"({self.streams[self.settings.clock].topic}) publishing?)")
+            reason = error or self._why_no_steps(summary["streams"])
             self.log("error", f"episode discarded: {reason}")
             return False, json.dumps({**summary, "error": reason})
         writer.meta.tags["recorder"] = {"streams": summary["streams"]}
@@ -179,24 +188,26 @@ class Recorder:
                     stamp, values = decode(self.streams[name], msg)
                     self._carry[name] = (recv_time if stamp is None else stamp, values)
                 except SampleError as exc:
-                    self._log_throttled(name, f"rejected message: {exc}")
+                    self._log_throttled(name, exc.kind, f"rejected message: {exc}")
             return
         assert self.aligner is not None
         self._last_recv[name] = recv_time
         if name in self._stalled:
             self._stalled.discard(name)
             self.log("info", f"stream '{name}' ({self.streams[name].topic}) is publishing again")
+        notes: list[str] = []
         try:
-            stamp, values = decode(self.streams[name], msg)
+            stamp, values = decode(self.streams[name], msg, notes)
         except SampleError as exc:
-            self.aligner.stats[name].rejected += 1  # add() counts its own rejections
-            self.aligner.stats[name].last_error = str(exc)
-            self._log_throttled(name, f"rejected message: {exc}")
+            self.aligner.stats[name].reject(exc)  # add() counts its own rejections
+            self._log_throttled(name, exc.kind, f"rejected message: {exc}")
             return
+        for note in notes:
+            self._log_throttled(name, "note", note, level="warn")
         try:
             self.aligner.add(name, stamp, values, recv_time)
         except SampleError as exc:
-            self._log_throttled(name, f"rejected message: {exc}")
+            self._log_throttled(name, exc.kind, f"rejected message: {exc}")
         # steps are resolved by poll() on a timer, not per message: at 500 Hz that work adds up
 
     def on_lost(self, name: str, count: int) -> None:
@@ -204,7 +215,8 @@ class Recorder:
         if self.recording and count > 0:
             assert self.aligner is not None
             self.aligner.add_lost(name, count)
-            self._log_throttled(name, f"stream '{name}' ({self.streams[name].topic}): DDS lost {count} message(s)")
+            self._log_throttled(name, "lost", f"stream '{name}' ({self.streams[name].topic}): DDS lost {count} message(s) "
+                                f"({self.aligner.stats[name].lost} this episode)")
 
     def poll(self, now: float) -> None:
         """Hand resolved steps to the writer; report streams that stopped publishing."""
@@ -213,10 +225,23 @@ class Recorder:
         assert self.aligner is not None and self.writer is not None
         for step in self.aligner.pop_ready(now):
             self.writer.queue.put(step)
-        for name, last in self._last_recv.items():
-            if name not in self._stalled and now - last > self.settings.max_wait_s and self.streams[name].mode != "latest":
+        self._queue_raw()
+        for _kind, text in self.aligner.notes:
+            self.log("warn", text)
+        self.aligner.notes.clear()
+        for name, stream in self.streams.items():
+            if stream.mode == "latest":
+                continue
+            last = self._last_recv.get(name)
+            if last is None:
+                waited = now - self._started_at
+                if name not in self._silent_reported and waited > max(self.settings.max_wait_s, 3.0):
+                    self._silent_reported.add(name)
+                    self.log("warn", f"stream '{name}' ({stream.topic}): no message in the {waited:.1f} s since "
+                                     f"the episode started (is its publisher running with a matching QoS?)")
+            elif name not in self._stalled and now - last > self.settings.max_wait_s:
                 self._stalled.add(name)
-                self.log("error", f"stream '{name}' ({self.streams[name].topic}) stopped publishing: "
+                self.log("error", f"stream '{name}' ({stream.topic}) stopped publishing: "
                                   f"no message for {now - last:.1f} s; its steps are dropped until it returns")
 
     def status(self) -> dict[str, Any]:
@@ -233,14 +258,35 @@ class Recorder:
             self.discard()
         self.store.close()
 
-    def _log_throttled(self, name: str, text: str) -> None:
-        # at most one line per second per stream and kind of error (numbers stripped), so a broken
-        # 500 Hz stream cannot flood the log while every distinct problem still shows up
-        key = f"{name}|{re.sub(r'[0-9.]+', '#', text)}"
+    def _queue_raw(self) -> None:
+        assert self.aligner is not None and self.writer is not None
+        for key, (values, stamps) in self.aligner.pop_raw().items():
+            self.writer.queue.put((key, values, stamps))
+
+    def _why_no_steps(self, streams: dict[str, Any]) -> str:
+        """The reason an episode has no steps, from its counters (not a guess)."""
+        clock = self.settings.clock
+        c = streams[clock]
+        if c["received"] == 0:
+            why = (f"the clock stream '{clock}' ({self.streams[clock].topic}) delivered no usable message "
+                   f"({c['rejected']} rejected{': ' + c['last_error'] if c['last_error'] else ''})")
+            return f"no steps recorded: {why}"
+        blockers = [f"'{n}' missing for {s['missing_steps']} steps (received {s['received']}, rejected "
+                    f"{s['rejected']}{', last error: ' + s['last_error'] if s['last_error'] else ''})"
+                    for n, s in streams.items() if s["missing_steps"]]
+        return "no steps recorded: every step was dropped; " + ("; ".join(blockers) or "the episode was too short")
+
+    def _log_throttled(self, name: str, kind: str, text: str, level: str = "error") -> None:
+        # at most one line per second per stream and problem kind, so a broken 500 Hz stream cannot
+        # flood the log while every distinct problem shows up on its own line, with how many it hid
+        key = f"{name}|{kind}"
         now = time.monotonic()
         if now - self._last_log.get(key, -1e9) >= 1.0:
             self._last_log[key] = now
-            self.log("error", text)
+            hidden = self._suppressed.pop(key, 0)
+            self.log(level, text + (f" (+{hidden} more of this kind in the last second)" if hidden else ""))
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
 def make_node() -> Any:
@@ -272,6 +318,7 @@ def make_node() -> Any:
                 operator=self.declare_parameter("operator", "").value,
                 max_wait_s=float(self.declare_parameter("max_wait_s", 1.0).value),
                 image_codec=self.declare_parameter("image_codec", "jpeg").value,
+                max_future_s=float(self.declare_parameter("max_future_s", 1.0).value),
             )
             logger = self.get_logger()
             self.subs: dict[str, Any] = {}

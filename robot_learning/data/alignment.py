@@ -21,10 +21,13 @@ Bad samples (NaN, wrong size or encoding, missing or out-of-order stamps) are re
 from __future__ import annotations
 
 import bisect
+import functools
+import json
 import math
+import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,7 +56,29 @@ ROS_TYPES = {
 
 
 class SampleError(ValueError):
-    """A message that cannot be recorded (the message says which stream and why)."""
+    """A message that cannot be recorded (the message says which stream and why; ``kind`` names the problem)."""
+
+    def __init__(self, message: str, kind: str = "bad_message") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _kind_of(text: str) -> str:
+    """Problem kind of a decoder's ValueError text (for per-kind counts and log throttling)."""
+    for needle, kind in (("NaN", "non_finite"), ("encoding", "encoding"), ("image is", "image_size"),
+                         ("names but", "joint_lengths"), ("names", "joint_names"), ("positions but", "joint_lengths"), ("decode", "decode")):
+        if needle in text:
+            return kind
+    return "bad_message"
+
+
+@functools.lru_cache(maxsize=256)
+def joint_layout(configured: tuple[str, ...], received: tuple[str, ...]) -> tuple[tuple[int, ...], list[str], list[str]]:
+    """Indices of the configured joints in a message's name list, the missing names and the extra ones."""
+    where = {n: i for i, n in enumerate(received)}
+    missing = [n for n in configured if n not in where]
+    extra = [n for n in received if n not in set(configured)]
+    return tuple(where.get(n, -1) for n in configured), missing, extra
 
 
 @dataclass
@@ -66,8 +91,11 @@ class StreamConfig:
     mode: str = "nearest"
     rate_hz: float = 0.0  # nominal rate, 0 = unknown; used to count gaps (frames that never came)
     reliable: bool = True
-    height: int = 0  # images: expected size, 0 = whatever the first frame has
+    height: int = 0  # images: declared size (0 = undeclared, see EpisodeAligner: never the first frame)
     width: int = 0
+    names: list[str] = field(default_factory=list)  # joint states: the joint order to record, mapped by name
+    dim: int = 0  # vectors (float_array, unnamed joints): declared length, 0 = undeclared
+    keep_raw: bool = False  # also keep every sample in streams/<key> (high-rate streams), not only the steps
 
     def __post_init__(self) -> None:
         if self.type not in STREAM_TYPES:
@@ -76,6 +104,22 @@ class StreamConfig:
             raise ValueError(f"stream '{self.name}': unknown mode '{self.mode}' (choose from {', '.join(MODES)})")
         if not self.topic.startswith("/"):
             raise ValueError(f"stream '{self.name}': topic '{self.topic}' must be absolute (start with '/')")
+        self.names = [str(n) for n in self.names]
+        if len(set(self.names)) != len(self.names):
+            raise ValueError(f"stream '{self.name}': duplicate joint names in {self.names}")
+        if self.names and self.dim and self.dim != len(self.names):
+            raise ValueError(f"stream '{self.name}': dim={self.dim} but {len(self.names)} joint names")
+
+    def declared_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """Each store key's shape as configured, or None if the configuration does not say."""
+        n = len(self.names) or self.dim
+        if self.type in ("image", "compressed_image"):
+            return {self.name: (self.height, self.width, 3)} if self.height and self.width else None
+        if self.type == "pose":
+            return {self.name: (7,)}
+        if self.type == "bool":
+            return {self.name: ()}
+        return {k: (n,) for k in self.keys} if n else None
 
     @property
     def stamped(self) -> bool:
@@ -95,14 +139,17 @@ class StreamConfig:
         return ROS_TYPES[self.type]
 
     def to_param(self) -> str:
-        """Compact form for a string-array ROS parameter: ``name=topic:type:mode:rate:HxW:reliable``."""
-        return f"{self.name}={self.topic}:{self.type}:{self.mode}:{self.rate_hz:g}:{self.height}x{self.width}:{int(self.reliable)}"
+        """One string for a string-array ROS parameter: ``name=<JSON of the other fields>``."""
+        body = {k: v for k, v in asdict(self).items() if k != "name"}
+        return f"{self.name}={json.dumps(body, separators=(',', ':'))}"
 
     @classmethod
     def from_param(cls, text: str) -> StreamConfig:
         """Parse ``to_param`` output (trailing fields optional: ``name=topic:type``)."""
         try:
             name, rest = text.split("=", 1)
+            if rest.startswith("{"):
+                return cls(name=name.strip(), **json.loads(rest))
             parts = rest.split(":")
             kwargs: dict[str, Any] = {"name": name.strip(), "topic": parts[0], "type": parts[1]}
             if len(parts) > 2 and parts[2]:
@@ -114,13 +161,37 @@ class StreamConfig:
                 kwargs["height"], kwargs["width"] = int(h), int(w)
             if len(parts) > 5 and parts[5]:
                 kwargs["reliable"] = parts[5] not in ("0", "false", "False")
-        except (ValueError, IndexError) as exc:
+        except (ValueError, IndexError, TypeError) as exc:
             raise ValueError(f"bad stream spec '{text}': expected name=/topic:type[:mode:rate_hz:HxW:reliable] ({exc})") from exc
         return cls(**kwargs)
 
 
-def decode(stream: StreamConfig, msg: Any) -> tuple[float | None, dict[str, np.ndarray]]:
-    """Message (rclpy or rosbags) -> (header stamp or None if unstamped, {store key: value})."""
+def _joints(stream: StreamConfig, msg: Any, where: str, notes: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """JointState -> (position, velocity) in the configured joint order (by name), zeros for no velocity."""
+    pos, vel = joint_state_to_numpy(msg, where)
+    if vel.size == 0:
+        vel = np.zeros_like(pos)
+    if not stream.names:
+        return pos, vel
+    received = tuple(str(n) for n in msg.name)
+    if not received:
+        raise SampleError(where + f"joint state has no joint names (configured order: {stream.names})", "joint_names")
+    idx, missing, extra = joint_layout(tuple(stream.names), received)
+    if missing:
+        raise SampleError(where + f"joint state lacks joint names {missing} (got {list(received)})", "joint_names")
+    if extra and notes is not None:
+        notes.append(where + f"joint state has extra joint names {extra}, not recorded (configured: {stream.names})")
+    if received[: len(idx)] == tuple(stream.names) and len(received) == len(idx):
+        return pos, vel  # already in the configured order
+    sel = np.asarray(idx)
+    return pos[sel], vel[sel]
+
+
+def decode(stream: StreamConfig, msg: Any, notes: list[str] | None = None) -> tuple[float | None, dict[str, np.ndarray]]:
+    """Message (rclpy or rosbags) -> (header stamp or None if unstamped, {store key: value}).
+
+    Joint states are returned in ``stream.names`` order, mapped by name; ``notes`` (if given)
+    collects what is worth reporting without rejecting the message (extra joint names)."""
     where = f"stream '{stream.name}' ({stream.topic}): "
     try:
         stamp = stamp_to_sec(msg.header.stamp) if stream.stamped else None
@@ -129,13 +200,11 @@ def decode(stream: StreamConfig, msg: Any) -> tuple[float | None, dict[str, np.n
             return stamp, {stream.name: image_to_numpy(msg, hw, where)}
         if stream.type == "compressed_image":
             return stamp, {stream.name: compressed_to_numpy(msg, hw, where)}
-        if stream.type == "joint_state":
-            pos, vel = joint_state_to_numpy(msg, where)
-            if vel.size == 0:
-                vel = np.zeros_like(pos)
+        if stream.type in ("joint_state", "joint_position"):
+            pos, vel = _joints(stream, msg, where, notes)
+            if stream.type == "joint_position":
+                return stamp, {stream.name: pos}
             return stamp, {f"{stream.name}_pos": pos, f"{stream.name}_vel": vel}
-        if stream.type == "joint_position":
-            return stamp, {stream.name: joint_state_to_numpy(msg, where)[0]}
         if stream.type == "pose":
             return stamp, {stream.name: pose_to_numpy(msg, where)}
         if stream.type == "float_array":
@@ -145,7 +214,7 @@ def decode(stream: StreamConfig, msg: Any) -> tuple[float | None, dict[str, np.n
         raise
     except (ValueError, AttributeError, TypeError) as exc:
         msg_text = str(exc)
-        raise SampleError(msg_text if msg_text.startswith(where) else where + msg_text) from exc
+        raise SampleError(msg_text if msg_text.startswith(where) else where + msg_text, _kind_of(msg_text)) from exc
 
 
 @dataclass
@@ -161,6 +230,22 @@ class StreamStats:
     align_err_max: float = 0.0
     aligned: int = 0
     last_error: str = ""
+    rejected_by: dict[str, int] = field(default_factory=dict)  # rejections per problem kind
+    first_stamp: float = math.nan
+    last_stamp: float = math.nan
+    raw: int = 0  # samples kept in streams/
+
+    def reject(self, exc: SampleError) -> None:
+        """Count one rejected message under its problem kind."""
+        self.rejected += 1
+        self.rejected_by[exc.kind] = self.rejected_by.get(exc.kind, 0) + 1
+        self.last_error = str(exc)
+
+    @property
+    def rate_hz(self) -> float:
+        """Measured rate of the accepted samples (0 before two)."""
+        span = self.last_stamp - self.first_stamp
+        return (self.received - 1) / span if self.received > 1 and span > 0 else 0.0
 
     @property
     def dropped(self) -> int:
@@ -178,6 +263,9 @@ class StreamStats:
             "missing_steps": self.missing_steps,
             "align_err_mean_ms": 1e3 * self.align_err_sum / self.aligned if self.aligned else 0.0,
             "align_err_max_ms": 1e3 * self.align_err_max,
+            "rate_hz": round(self.rate_hz, 2),
+            "rejected_by": dict(self.rejected_by),
+            "raw": self.raw,
             "last_error": self.last_error,
         }
 
@@ -223,6 +311,7 @@ class EpisodeAligner:
         start_time: float = -math.inf,
         max_wait_s: float = 1.0,
         max_align_err_s: float | None = None,
+        max_future_s: float = 1.0,
     ) -> None:
         self.streams = {s.name: s for s in streams}
         if clock not in self.streams:
@@ -231,10 +320,15 @@ class EpisodeAligner:
             raise ValueError(f"clock stream '{clock}' must have mode 'nearest'")
         if control_hz <= 0:
             raise ValueError(f"control_hz must be > 0, got {control_hz}")
+        if max_future_s <= 0:
+            raise ValueError(f"max_future_s must be > 0, got {max_future_s}")
         self.clock = clock
         self.period = 1.0 / control_hz
         self.start_time = start_time  # samples stamped before this belong to no episode
         self.max_wait_s = max_wait_s  # a stream silent this long after a step no longer holds it up
+        # A stamp further ahead of the receive clock than this is a wrong clock, not a capture time;
+        # accepted, it would make every later valid sample of the stream look out of order.
+        self.max_future_s = float(max_future_s)
         # A step whose nearest sample of some stream is farther than this is dropped, not recorded
         # with a stale frame (default: half a control period).
         self.max_align_err_s = 0.5 * self.period if max_align_err_s is None else float(max_align_err_s)
@@ -243,9 +337,23 @@ class EpisodeAligner:
         self.stats = {n: StreamStats() for n in self.streams}
         self.pending: deque[float] = deque()  # step times not yet resolved
         self.steps_out = 0
+        self.notes: list[tuple[str, str]] = []  # (kind, text) worth logging that rejected nothing
         self._due: float | None = None
         self._last_values: dict[str, tuple[float, dict[str, np.ndarray]]] = {}
         self._consumed: dict[str, float] = {}  # next-mode streams: stamp of the last sample a step used
+        # Shapes come from the configuration; an undeclared stream's shape is the one LOCK_SAMPLES
+        # consecutive samples agree on (held back until then), so one bad first message decides nothing.
+        self._shapes: dict[str, dict[str, tuple[int, ...]] | None] = {
+            n: s.declared_shapes() for n, s in self.streams.items()}
+        self._unlocked: dict[str, list[tuple[float, dict[str, np.ndarray]]]] = {
+            n: [] for n, shp in self._shapes.items() if shp is None}
+        self._intervals: dict[str, deque[float]] = {n: deque(maxlen=64) for n in self.streams}
+        self._median_dt: dict[str, float] = {n: 1.0 / s.rate_hz for n, s in self.streams.items() if s.rate_hz > 0}
+        self._gap_debt: dict[str, int] = {}
+        self._raw: dict[str, tuple[list[np.ndarray], list[float]]] = {
+            k: ([], []) for s in self.streams.values() if s.keep_raw for k in s.keys}
+
+    LOCK_SAMPLES = 5
 
     # ---------------------------------------------------------------- input
     def add(self, name: str, stamp: float | None, values: dict[str, np.ndarray], recv_time: float) -> None:
@@ -256,37 +364,105 @@ class EpisodeAligner:
         try:
             if stamp is None:
                 if stream.stamped:
-                    raise SampleError(where + "message has no header stamp")
+                    raise SampleError(where + "message has no header stamp", "no_stamp")
                 stamp = recv_time
             if not math.isfinite(stamp) or stamp <= 0.0:
-                raise SampleError(where + f"missing or invalid header stamp ({stamp})")
+                raise SampleError(where + f"missing or invalid header stamp ({stamp})", "bad_stamp")
+            if stamp > recv_time + self.max_future_s:
+                raise SampleError(where + f"stamp {stamp:.6f} is {stamp - recv_time:.3f} s ahead of the receive "
+                                  f"clock (limit {self.max_future_s:g} s): the publisher's clock is wrong", "future_stamp")
             prev = self.last_stamp.get(name)
             if prev is not None and stamp <= prev:
-                raise SampleError(where + f"out-of-order stamp {stamp:.6f} <= previous {prev:.6f}")
-            ref = self._last_values.get(name)
-            if ref is not None:
+                raise SampleError(where + f"out-of-order stamp {stamp:.6f} <= previous {prev:.6f} "
+                                  f"({prev - stamp:.3f} s behind)", "out_of_order")
+            shapes = self._shapes[name]
+            if shapes is not None:
                 for key, v in values.items():
-                    old = ref[1][key]
-                    if v.shape != old.shape:
-                        raise SampleError(where + f"'{key}' changed shape from {old.shape} to {v.shape}")
+                    if v.shape != shapes[key]:
+                        raise SampleError(where + f"'{key}' has shape {v.shape}, the configuration declares "
+                                          f"{shapes[key]}", "shape")
         except SampleError as exc:
-            st.rejected += 1
-            st.last_error = str(exc)
+            st.reject(exc)
             raise
         if stamp < self.start_time:
             if stream.mode == "latest":
                 self.carry_in(name, stamp, values)  # a flag set before the start still holds
             return  # otherwise from before the episode started: not an error, just not ours
-        if prev is not None and stream.rate_hz > 0:
-            gap = stamp - prev
-            if gap > 1.5 / stream.rate_hz:
-                st.gaps += max(0, int(round(gap * stream.rate_hz)) - 1)
+        if self._shapes[name] is None:
+            self.last_stamp[name] = stamp
+            self._vote(name, stamp, values)
+            return
+        self._accept(name, stamp, values)
+
+    def _vote(self, name: str, stamp: float, values: dict[str, np.ndarray], final: bool = False) -> None:
+        """Hold an undeclared stream's samples until LOCK_SAMPLES in a row agree on a shape."""
+        held = self._unlocked[name]
+        if not final:
+            held.append((stamp, values))
+        if not held:
+            return
+        shape_of = [tuple((k, v.shape) for k, v in vals.items()) for _t, vals in held]
+        run = 1
+        while run < len(shape_of) and shape_of[-run - 1] == shape_of[-1]:
+            run += 1
+        if run < self.LOCK_SAMPLES and not final:
+            return
+        winner = shape_of[-1] if run >= self.LOCK_SAMPLES else max(set(shape_of), key=shape_of.count)
+        self._shapes[name] = dict(winner)
+        self.notes.append(("shape", f"stream '{name}' ({self.streams[name].topic}): no shape configured; "
+                                    f"using {dict(winner)}, agreed by {shape_of.count(winner)} samples"))
+        del self._unlocked[name]
+        for (t, vals), shp in zip(held, shape_of, strict=True):
+            if shp == winner:
+                self._accept(name, t, vals)
+            else:
+                self.stats[name].reject(SampleError(
+                    f"stream '{name}' ({self.streams[name].topic}): shape {dict(shp)} differs from the "
+                    f"stream's {dict(winner)}", "shape"))
+
+    def _accept(self, name: str, stamp: float, values: dict[str, np.ndarray]) -> None:
+        stream, st = self.streams[name], self.stats[name]
+        prev = self._last_values.get(name)
+        if prev is not None and prev[0] >= self.start_time:
+            self._count_gap(name, stamp - prev[0])
+        if st.received == 0:
+            st.first_stamp = stamp
         st.received += 1
+        st.last_stamp = stamp
         self.last_stamp[name] = stamp
         self._last_values[name] = (stamp, values)
         self.samples[name].append(stamp, values)
+        if stream.keep_raw:
+            for key, v in values.items():
+                vals, stamps = self._raw[key]
+                vals.append(v)
+                stamps.append(stamp)
+            st.raw += 1
         if name == self.clock:
             self._maybe_step(stamp)
+
+    def _count_gap(self, name: str, dt: float) -> None:
+        """Frames missing, judged against the stream's measured (median) interval, not its jitter.
+
+        An interval over 2.5 median intervals is a hole of round(dt / median) - 1 frames; a burst of
+        intervals under half the median right after it (a publisher catching up) pays the hole back."""
+        iv = self._intervals[name]
+        iv.append(dt)
+        if len(iv) >= 8 and (len(iv) < 64 or self.stats[name].received % 64 == 0):
+            self._median_dt[name] = statistics.median(iv)
+        med = self._median_dt.get(name)
+        if not med or med <= 0:
+            return
+        st = self.stats[name]
+        if dt > 2.5 * med:
+            k = max(0, int(round(dt / med)) - 1)
+            st.gaps += k
+            self._gap_debt[name] = self._gap_debt.get(name, 0) + k
+        elif dt < 0.5 * med and self._gap_debt.get(name, 0) > 0:
+            st.gaps -= 1
+            self._gap_debt[name] -= 1
+        else:
+            self._gap_debt[name] = 0
 
     def carry_in(self, name: str, stamp: float, values: dict[str, np.ndarray]) -> None:
         """Seed a ``latest`` stream with its value from before the episode (e.g. a latched flag)."""
@@ -294,12 +470,23 @@ class EpisodeAligner:
         self._last_values[name] = (stamp, values)
         self.samples[name].append(stamp, values)
 
+    def pop_raw(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Raw samples of ``keep_raw`` streams since the last call: store key -> (values (n, ...), stamps (n,))."""
+        out = {}
+        for key, (vals, stamps) in self._raw.items():
+            if vals:
+                out[key] = (np.stack(vals), np.asarray(stamps, dtype=np.float64))
+                self._raw[key] = ([], [])
+        return out
+
     def add_lost(self, name: str, count: int) -> None:
         """Count frames that DDS reported lost on this stream."""
         self.stats[name].lost += int(count)
 
     def _maybe_step(self, stamp: float) -> None:
         clock_rate = self.streams[self.clock].rate_hz
+        if clock_rate <= 0 and self._median_dt.get(self.clock):  # no rate configured: the measured one
+            clock_rate = 1.0 / self._median_dt[self.clock]
         if 0 < clock_rate < 1.5 / self.period:  # the clock runs at the control rate: every message is a step
             self.pending.append(stamp)
             return
@@ -325,6 +512,8 @@ class EpisodeAligner:
 
     def flush(self) -> list[Step]:
         """Resolve every pending step with what has arrived (episode end); unresolvable steps are dropped."""
+        for name in list(self._unlocked):
+            self._vote(name, 0.0, {}, final=True)
         out = []
         while self.pending:
             step = self._resolve(self.pending.popleft(), math.inf, final=True)
@@ -338,6 +527,8 @@ class EpisodeAligner:
         missing: list[str] = []
         for name, stream in self.streams.items():
             buf = self.samples[name]
+            if name in self._unlocked and self._unlocked[name] and not final:
+                return None  # its samples are held until its shape is settled
             if stream.mode == "nearest":
                 i = bisect.bisect_left(buf.stamps, t)  # first sample at or after t
                 if i == len(buf.stamps) and not final:

@@ -12,6 +12,7 @@ from typing import Any
 from robot_learning.data.alignment import StreamConfig
 
 # Short group names on the command line -> Hydra's full override key (the groups live in configs/collect/).
+TELEOP_MODES = ("expert", "keyboard", "gamepad", "spacemouse", "joy", "twist")
 GROUP_ALIASES = {"robot": "collect/robot@robot", "teleop": "collect/teleop@teleop"}
 
 
@@ -27,6 +28,8 @@ class RobotConfig:
     dr: str = "none"
     seed: int = 0
     task_flags: list[str] = field(default_factory=list)
+    joint_names: list[str] = field(default_factory=list)  # the joint order recorded (mapped by name)
+    image_hw: list[int] = field(default_factory=list)  # external cameras: [height, width]
     streams: list[StreamConfig] = field(default_factory=list)
 
 
@@ -37,6 +40,10 @@ class TeleopConfig:
     mode: str = "expert"
     quality: float = 1.0
     seed: int = 0
+    action_dim: int = 5
+    speed: float = 1.0
+    device: str = ""  # gamepad: joystick index; spacemouse: device name ("" = the first found)
+    topic: str = ""  # joy / twist: the topic an existing ROS teleop publishes ("" = /joy or /cmd_vel)
 
 
 @dataclass
@@ -46,6 +53,7 @@ class RecorderConfig:
     clock: str = "joint"
     max_wait_s: float = 1.0
     image_codec: str = "jpeg"
+    max_future_s: float = 1.0  # stamps further ahead of the recorder's clock are rejected
     streams: list[StreamConfig] = field(default_factory=list)
 
 
@@ -72,8 +80,8 @@ class CollectConfig:
         """Cross-field checks with messages naming the key (``graph``: also the robot/teleop pairing)."""
         if self.robot.kind not in ("sim", "external"):
             raise ValueError(f"robot.kind='{self.robot.kind}': choose sim or external")
-        if self.teleop.mode not in ("expert", "keyboard"):
-            raise ValueError(f"teleop.mode='{self.teleop.mode}': choose expert or keyboard")
+        if self.teleop.mode not in TELEOP_MODES:
+            raise ValueError(f"teleop.mode='{self.teleop.mode}': choose one of {', '.join(TELEOP_MODES)}")
         if graph and self.teleop.mode == "expert" and self.robot.kind != "sim":
             raise ValueError("teleop=expert needs robot=sim (the scripted expert reads the sim's privileged state)")
         if self.episodes < 1:
@@ -81,6 +89,11 @@ class CollectConfig:
         if self.max_steps < 1 or self.success_hold_steps < 1:
             raise ValueError("max_steps and success_hold_steps must be >= 1")
         names = [s.name for s in self.all_streams()]
+        for s in self.all_streams():
+            if s.declared_shapes() is None:
+                what = "height and width (the camera's image size)" if "image" in s.type else "names (joint order) or dim"
+                raise ValueError(f"stream '{s.name}' ({s.topic}): declare its {what} in the config; the recorder "
+                                 "never takes a stream's shape from its first message")
         if self.recorder.clock not in names:
             raise ValueError(f"recorder.clock='{self.recorder.clock}' is not a recorded stream ({names})")
 

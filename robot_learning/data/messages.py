@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+
 def stamp_to_sec(stamp: Any) -> float:
     """builtin_interfaces/Time (rclpy or rosbags) -> float seconds."""
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9
@@ -56,9 +57,12 @@ def compressed_to_numpy(msg: Any, expect_hw: tuple[int, int] | None = None, wher
 
 
 def joint_state_to_numpy(msg: Any, where: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """sensor_msgs/JointState -> (position, velocity) float32; ValueError on NaN or a length mismatch."""
+    """sensor_msgs/JointState -> (position, velocity) float32; ValueError on NaN or a names/positions/velocities length mismatch."""
     pos = np.asarray(msg.position, dtype=np.float32).reshape(-1)
     vel = np.asarray(msg.velocity, dtype=np.float32).reshape(-1)
+    n_names = len(msg.name)
+    if n_names and n_names != pos.size:
+        raise ValueError(f"{where}joint state has {n_names} names but {pos.size} positions")
     if vel.size and vel.size != pos.size:
         raise ValueError(f"{where}joint state has {pos.size} positions but {vel.size} velocities")
     if not np.all(np.isfinite(pos)) or not np.all(np.isfinite(vel)):

@@ -79,9 +79,12 @@ def test_keyboard_mapping() -> None:
     assert kb.on_key("n", 0.3) == "/recorder/stop"
 
 
+JOINTS = [f"joint{i + 1}" for i in range(7)]
+
+
 def _msgs(t: float, k: int):
     stamp = SimpleNamespace(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)))
-    joint = SimpleNamespace(header=SimpleNamespace(stamp=stamp), position=[0.1 * k] * 7, velocity=[0.0] * 7)
+    joint = SimpleNamespace(header=SimpleNamespace(stamp=stamp), name=JOINTS, position=[0.1 * k] * 7, velocity=[0.0] * 7)
     img = SimpleNamespace(header=SimpleNamespace(stamp=stamp), height=8, width=8, step=24, encoding="rgb8",
                           data=bytes([k % 256]) * 192)
     action = SimpleNamespace(data=[float(k)] * 5)
@@ -89,9 +92,9 @@ def _msgs(t: float, k: int):
 
 
 def test_recorder_commits_discards_and_survives_bad_messages(tmp_path) -> None:
-    streams = [StreamConfig("joint", "/joint_states", "joint_state", rate_hz=10.0),
+    streams = [StreamConfig("joint", "/joint_states", "joint_state", rate_hz=10.0, names=JOINTS, keep_raw=True),
                StreamConfig("camera_front", "/camera/front/image_raw", "image", height=8, width=8),
-               StreamConfig("action", "/action", "float_array", mode="next")]
+               StreamConfig("action", "/action", "float_array", mode="next", dim=5)]
     logs: list[str] = []
     rec = Recorder(RecorderSettings(store=str(tmp_path / "s.zarr"), streams=streams, task="t"),
                    log=lambda level, text: logs.append(f"{level}: {text}"))
@@ -132,3 +135,5 @@ def test_recorder_commits_discards_and_survives_bad_messages(tmp_path) -> None:
     ep = store.read_episode(0)
     np.testing.assert_array_equal(ep["action"][:, 0], np.arange(10))
     np.testing.assert_array_equal(ep["camera_front"][:, 0, 0, 0], np.arange(10))
+    raw, raw_t = store.read_stream(0, "joint_pos")  # keep_raw: every joint sample, not only the steps
+    assert raw.shape == (10, 7) and np.all(np.diff(raw_t) > 0)
