@@ -175,16 +175,19 @@ def stream_timing(
 
 
 def dropped_frames(stamps: np.ndarray, period: float | None) -> int:
-    """Frames that never came (stamp steps of k periods miss k-1) plus frames held (repeated stamps)."""
+    """Frames the camera should have delivered over the episode's span but did not: a held frame
+    (a repeated stamp, the recorder reusing the last image) and a silent stretch both count."""
     t = np.asarray(stamps, dtype=np.float64)
+    if len(t) < 2:
+        return 0
     dt = np.diff(t)
     pos = dt[dt > 0]
     nominal = period or (float(np.median(pos)) if len(pos) else 0.0)
-    held = int(np.sum(dt <= 0))
+    distinct = len(np.unique(t))
     if not nominal:
-        return held
-    missing = np.round(dt[dt > 1.5 * nominal] / nominal) - 1
-    return held + int(np.sum(np.maximum(missing, 0)))
+        return len(t) - distinct
+    expected = int(round((t[-1] - t[0]) / nominal)) + 1
+    return max(0, expected - distinct)
 
 
 def is_blank(frame: np.ndarray, std: float = 2.0) -> bool:

@@ -199,8 +199,9 @@ def thumbnails(store: EpisodeStore, info: EpisodeInfo, cfg: ReportConfig) -> tup
         first, last = frames[2 * k][0], frames[2 * k + 1][0]
         name = cam[len(IMAGE_PREFIX):]
         out.append({"camera": name, "first": _jpeg_uri(first, cfg.thumb_height), "last": _jpeg_uri(last, cfg.thumb_height)})
-        if is_blank(first, cfg.quality.blank_std) and is_blank(last, cfg.quality.blank_std):
-            flags.append(Flag("blank_camera", f"{cam}: first and last frames are blank (a dead camera?)"))
+        blank = [w for w, f in (("first", first), ("last", last)) if is_blank(f, cfg.quality.blank_std)]
+        if blank:
+            flags.append(Flag("blank_camera", f"{cam}: {' and '.join(blank)} frame blank (a dead or covered camera?)"))
     return out, flags
 
 
