@@ -230,6 +230,7 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
         "late_dropped_actions", "starved_ticks", "holds", "inference_errors")}, default=str))
     report = {"task": run_cfg.task, "successes": successes, "episodes": len(results), "seeds": seeds,
               "rate": format_rate(successes, len(results), seeds), "steps": [n for _, n, _ in results],
+              "per_episode_success": [bool(s) for s, _, _ in results], "store": node_cfg.record.store,
               "diagnostics": diag}
     (log_dir / "deploy_report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
@@ -259,6 +260,8 @@ def _prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tupl
     if not node_cfg.record.store:
         node_cfg.record.store = "none" if run_cfg.store in ("", "none") else run_cfg.store
     node_cfg.record.task = node_cfg.record.task or run_cfg.task
+    if run_cfg.robot.kind == "sim" and run_cfg.episodes > 0:
+        node_cfg.record.start = "reset"  # the sim's warm-up scene before the first reset is no episode
     node_cfg.record.operator = node_cfg.record.operator or run_cfg.operator
     if run_cfg.robot.kind == "sim" and not node_cfg.robot_obs_shapes:
         node_cfg.robot_obs_shapes = sim_obs_shapes(run_cfg)

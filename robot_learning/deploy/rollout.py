@@ -32,6 +32,11 @@ class RolloutConfig:
     operator: str = ""
     tolerance_s: float = 0.05  # streams of one step further apart than this are flagged
     image_codec: str = "jpeg"
+    start: str = "now"  # now: record from the first tick; reset: from the first episode reset (sim runner)
+
+    def __post_init__(self) -> None:
+        if self.start not in ("now", "reset"):
+            raise ValueError(f"record.start: '{self.start}' is not now or reset")
 
 
 @dataclass
@@ -65,6 +70,7 @@ class RolloutRecorder:
         self._ep = _Episode()
         self._queue: queue.Queue[_Episode | None] = queue.Queue()
         self.committed: list[int] = []
+        self._armed = config.start == "now"
         self.errors: list[str] = []
         self._thread = threading.Thread(target=self._run, name="rollout-writer", daemon=True)
         self._thread.start()
@@ -72,8 +78,8 @@ class RolloutRecorder:
     def on_tick(self, now: float, obs: dict[str, np.ndarray], stamps: dict[str, float], action: np.ndarray,
                 source: str, intervention: bool) -> None:
         """One executed control step."""
-        if any(v is None for v in obs.values()) or action is None:
-            return  # nothing observed yet / nothing executed: not a step of the rollout
+        if not self._armed or any(v is None for v in obs.values()) or action is None:
+            return  # before the first episode / nothing observed or executed: not a step of a rollout
         data = {k: np.asarray(v) for k, v in obs.items()}
         data["action"] = np.asarray(action, dtype=np.float32)
         data.update(step_fields(source, intervention))
@@ -96,6 +102,7 @@ class RolloutRecorder:
         """Commit the current episode (if it has steps) on the writer thread and start the next."""
         with self._lock:
             ep, self._ep = self._ep, _Episode()
+            self._armed = True
         if ep.steps:
             self._queue.put(ep)
 

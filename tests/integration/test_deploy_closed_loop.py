@@ -207,7 +207,7 @@ def test_rlstack_deploy_runs_sim_episodes_and_reports_a_rate(ros_env: Any, tmp_p
 
     cmd = [sys.executable, "-m", "robot_learning.cli", "deploy", "deploy.policy.scripted=expert:lift",
            "robot.cameras=[front]", "robot.image_size=32", "episodes=2", "max_steps=100",
-           f"domain_id={ros_env.domain_id}", f"log_dir={tmp_path}"]
+           f"domain_id={ros_env.domain_id}", f"log_dir={tmp_path}", f"store={tmp_path / 'rollouts.zarr'}"]
     out = subprocess.run(cmd, env=ros_env.env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "deploy_report.json").read_text())
@@ -217,3 +217,12 @@ def test_rlstack_deploy_runs_sim_episodes_and_reports_a_rate(ros_env: Any, tmp_p
     assert "Wilson 95% CI" in report["rate"] and f"seeds {seeds[0]}-{seeds[1]}" in report["rate"]
     assert report["episodes"] == 2 and report["successes"] >= 1  # the clean expert solves lift
     assert report["diagnostics"]["inference_errors"] == 0
+    # every deployed episode is data: source=policy, per-step control_source, the sim's label
+    from robot_learning.data.store import EpisodeStore
+
+    store = EpisodeStore.open(str(tmp_path / "rollouts.zarr"), mode="r")
+    infos = store.episodes()
+    assert len(infos) == 2 and all(i.meta.source == "policy" and i.meta.policy_id == "expert:lift" for i in infos)
+    assert [i.success for i in infos] == [bool(s) for s in report["per_episode_success"]]
+    assert all(i.meta.tags["labelled_by"] == "service" for i in infos)
+    assert "control_source" in store.read_episode(0)
