@@ -244,10 +244,12 @@ def spawn(store: str | EpisodeStore, episodes: Sequence[int] | None = None,
 
 def serve(store: str | EpisodeStore, port: int, episodes: Sequence[int] | None = None,
           storage_options: dict[str, Any] | None = None, jpeg_quality: int = 90, block: bool = True) -> str:
-    """Serve the web viewer on http://127.0.0.1:<port> with the episodes; blocks until Ctrl-C."""
+    """Serve the web viewer on http://127.0.0.1:<port> (data on <port>+1) with the episodes; blocks until Ctrl-C.
+
+    Rerun binds every interface: on a shared network, reach it through ``ssh -L`` and firewall the ports."""
     rr = _rr()
     rec = recording(store, episodes, storage_options, jpeg_quality)
-    grpc_url = rec.serve_grpc()
+    grpc_url = rec.serve_grpc(grpc_port=port + 1)  # next to the web port, not rerun's 9876 (a spawned viewer's)
     rec.flush()
     rr.serve_web_viewer(web_port=port, open_browser=False, connect_to=grpc_url)
     url = f"http://127.0.0.1:{port}"
@@ -271,7 +273,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--save", metavar="FILE.rrd", help="write a Rerun recording file (open it later with `rerun FILE.rrd`)")
     how.add_argument("--spawn", action="store_true", help="open the native Rerun viewer (needs a display; the default if there is one)")
-    how.add_argument("--serve", type=int, metavar="PORT", help="serve the web viewer on http://127.0.0.1:PORT (for a remote machine: ssh -L)")
+    how.add_argument("--serve", type=int, metavar="PORT", help="serve the web viewer on http://127.0.0.1:PORT (data on PORT+1; remote machine: ssh -L PORT:localhost:PORT)")
     p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of logged frames, 0 = raw pixels (default 90)")
     p.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                    help="fsspec option for remote stores, e.g. endpoint_url=http://127.0.0.1:9000")
