@@ -15,7 +15,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from robot_learning.policies.base import PolicySpec
 from robot_learning.policies.encoders import EncoderConfig
-from robot_learning.policies.fast_inference import BACKENDS, ONE_STEP, DiffusionInference
+from robot_learning.policies.fast_inference import BACKENDS, ONE_STEP, DiffusionInference, reverse_process
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel
 from robot_learning.policies.registry import register_policy
 from robot_learning.policies.unet import ConditionalUnet1D
@@ -166,12 +166,8 @@ class DiffusionModel(PolicyModel):
         if self.sampler_name == ONE_STEP:
             t = torch.full((x.shape[0],), self.config.num_train_timesteps - 1, dtype=torch.long, device=x.device)
             return self.unet(x, t, cond)
-        sched = self.inference_scheduler
-        sched.set_timesteps(self.num_inference_steps)
-        for t in sched.timesteps:
-            pred = self.unet(x, t.to(cond.device), cond)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
-        return x
+        return reverse_process(lambda x_t, t: self.unet(x_t, t.to(cond.device), cond), self.inference_scheduler,
+                               self.num_inference_steps, x, generator)
 
     def inference_engine(self) -> DiffusionInference:
         """The compiled encoders/sampler for the current weights (built or rebuilt on demand)."""

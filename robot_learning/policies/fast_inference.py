@@ -447,12 +447,18 @@ class DiffusionInference:
         run, whole_loop = self._sampler()
         if whole_loop:
             return run(x, cond)
-        sched = self.model.inference_scheduler
-        sched.set_timesteps(self.model.num_inference_steps)
-        for t in sched.timesteps:
-            pred = run(x, t.expand(x.shape[0]).to(x.device), cond)
-            x = sched.step(pred, t, x, generator=generator).prev_sample
-        return x
+        return reverse_process(lambda x_t, t: run(x_t, t.expand(x_t.shape[0]).to(x_t.device), cond),
+                               self.model.inference_scheduler, self.model.num_inference_steps, x, generator)
+
+
+def reverse_process(predict: Any, sched: Any, steps: int, x: torch.Tensor,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The one stochastic denoising loop (eager and compiled U-Nets): ``predict(x, t)`` at every timestep
+    of ``sched`` (a diffusers scheduler) set to ``steps``, starting from noise ``x``."""
+    sched.set_timesteps(steps)
+    for t in sched.timesteps:
+        x = sched.step(predict(x, t), t, x, generator=generator).prev_sample
+    return x
 
 
 def weights_fingerprint(weights: Sequence[torch.Tensor]) -> tuple[Any, ...]:
