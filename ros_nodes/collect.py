@@ -34,13 +34,15 @@ def node_params(cfg: CollectConfig) -> dict[str, dict[str, Any]]:
             "max_future_s": cfg.recorder.max_future_s,
         },
         "teleop": {"mode": cfg.teleop.mode, "task": cfg.robot.task, "quality": cfg.teleop.quality,
-                   "seed": cfg.teleop.seed, "control_hz": cfg.robot.control_hz},
+                   "seed": cfg.teleop.seed, "control_hz": cfg.robot.control_hz, "action_dim": cfg.teleop.action_dim,
+                   "speed": cfg.teleop.speed, "device": cfg.teleop.device, "topic": cfg.teleop.topic},
     }
     if cfg.robot.kind == "sim":
         params["sim_robot"] = {
             "task": cfg.robot.task, "cameras": list(cfg.robot.cameras), "image_size": cfg.robot.image_size,
             "control_hz": cfg.robot.control_hz, "dr": cfg.robot.dr, "seed": cfg.robot.seed,
-            "task_flags": list(cfg.robot.task_flags) or [""], "autostart": False,
+            # the expert's conductor runs the sim episode by episode; for a person it runs from the start
+            "task_flags": list(cfg.robot.task_flags) or [""], "autostart": cfg.teleop.mode != "expert",
         }
     return params
 
@@ -120,6 +122,42 @@ class Conductor:
         return summary
 
 
+def status_line(status: dict[str, Any]) -> str:
+    """One line for the operator: episode, steps, per-stream rate and drops, worst alignment error."""
+    if not status:
+        return "waiting for the recorder ..."
+    head = f"episode {status.get('committed', 0)}"
+    if not status.get("recording"):
+        return f"{head} | idle ({status.get('committed', 0)} committed) | begin: b / start button / /recorder/start"
+    parts = [f"{head} REC", f"steps {status.get('steps', 0)}"]
+    worst = 0.0
+    for name, s in status.get("streams", {}).items():
+        drops = s.get("dropped", 0) + s.get("missing_steps", 0)
+        parts.append(f"{name} {s.get('rate_hz', 0.0):.0f} Hz" + (f" drop {drops}" if drops else ""))
+        worst = max(worst, s.get("align_err_max_ms", 0.0))
+    parts.append(f"align {worst:.1f} ms")
+    if status.get("stalled"):
+        parts.append("STALLED " + ",".join(status["stalled"]))
+    return " | ".join(parts)
+
+
+class StatusLine:
+    """Rewrites one terminal line (``\r``) with the recorder's status, at most 4 times a second."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last = 0.0
+
+    def show(self, status: dict[str, Any], final: bool = False) -> None:
+        """Print the line if it is time (or ``final``)."""
+        if self.stream is None or (not final and time.monotonic() - self.last < 0.25):
+            return
+        self.last = time.monotonic()
+        text = status_line(status)
+        self.stream.write("\r\x1b[2K" + text + ("\n" if final else ""))
+        self.stream.flush()
+
+
 def run_collection(cfg: CollectConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Launch the graph, record ``cfg.episodes`` episodes, stop the graph; returns per-episode summaries."""
     import rclpy
@@ -136,14 +174,15 @@ def run_collection(cfg: CollectConfig, progress: bool = True) -> list[dict[str, 
     log_dir.mkdir(parents=True, exist_ok=True)
     params = node_params(cfg)
     procs: list[NodeProcess] = []
-    keyboard = cfg.teleop.mode == "keyboard"
+    keyboard = cfg.teleop.mode != "expert"  # a person drives: the operator's terminal runs the teleop
     results: list[dict[str, Any]] = []
     rclpy.init(domain_id=domain)
     node = rclpy.create_node("collect")
     try:
         for name in ("sim_robot", "recorder", "teleop"):
             if name in params:
-                attach = keyboard and name == "teleop"  # the operator types into this terminal
+                # the operator types into this terminal (keys work next to every device when there is one)
+                attach = keyboard and name == "teleop" and (cfg.teleop.mode == "keyboard" or sys.stdin.isatty())
                 procs.append(NodeProcess(f"ros_nodes.{name}", params[name], env,
                                          None if attach else log_dir / f"{name}.log", attach_terminal=attach))
         print(f"collect: graph on ROS_DOMAIN_ID={domain}{' (loopback)' if cfg.loopback else ''}; logs in {log_dir}",
@@ -155,12 +194,14 @@ def run_collection(cfg: CollectConfig, progress: bool = True) -> list[dict[str, 
 
         bar = tqdm(total=cfg.episodes, desc="episodes", unit="ep", disable=not progress)
         if keyboard:
+            bar.close()  # the status line below replaces the bar
+            line = StatusLine(sys.stderr if progress else None)
             while conductor.status.get("committed", 0) < cfg.episodes:
                 conductor.spin_for(0.2)
-                bar.n = conductor.status.get("committed", 0)
-                bar.refresh()
+                line.show(conductor.status)
                 if not alive():
                     raise RuntimeError("a node of the graph exited (see the logs)")
+            line.show(conductor.status, final=True)
         else:
             for _ in range(cfg.episodes):
                 summary = conductor.episode(cfg.max_steps, cfg.success_hold_steps, alive)
@@ -183,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``rlstack collect [key=value ...]``."""
     parser.epilog = ("examples:\n  rlstack collect robot=sim teleop=expert episodes=20 store=data/x.zarr\n"
                      "  rlstack collect teleop=keyboard episodes=5 operator=ana\n"
-                     "groups: robot=sim|external, teleop=expert|keyboard; keys: see configs/collect.yaml")
+                     "groups: robot=sim|external, teleop=expert|keyboard|gamepad|spacemouse|joy|twist; keys: see configs/collect.yaml")
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. episodes=20 store=data/x.zarr task=lift")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

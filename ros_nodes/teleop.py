@@ -1,9 +1,19 @@
-"""``teleop`` node: a person at a keyboard, or the sim's scripted expert, publishes ``/action``.
+"""``teleop`` node: a person (keyboard, gamepad, SpaceMouse, a ROS Joy or Twist teleop) or the sim's
+scripted expert publishes ``/action``.
 
 - ``mode:=expert``: the scripted expert runs in this process on the privileged state that
   ``sim_robot`` publishes (``/sim/privileged_state``) and answers every observation with one action.
 - ``mode:=keyboard``: a terminal in raw mode; motion keys publish ee-delta actions at the control
   rate, ``i`` toggles the intervention flag, and the recorder is driven from the same keyboard.
+- ``mode:=gamepad`` (pygame), ``mode:=spacemouse`` (pyspacemouse; ``device:=`` a name, or a
+  ``.jsonl`` recording to replay): axes move, buttons raise the operator events (``teleop_devices.py``).
+- ``mode:=joy`` (``sensor_msgs/Joy`` from the ``joy`` node, ``topic:=/joy``) and ``mode:=twist``
+  (``geometry_msgs/Twist`` from teleop_twist_keyboard / teleop_twist_joy, ``topic:=/cmd_vel``):
+  an existing ROS teleop drives the stack; a message older than 0.5 s stops the motion.
+
+Every operator event is also a service: ``/recorder/start|stop|discard`` (Trigger),
+``/recorder/mark_success``, ``/teleop/gripper`` (true = open), ``/teleop/intervention`` (SetBool).
+In every person mode the keys below work too when the node has a terminal.
 
 Keys (keyboard mode)::
 
@@ -109,6 +119,12 @@ def read_keys(on_key: Callable[[str], None], stop: Callable[[], bool]) -> None:
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
 
 
+# operator event -> recorder service (the same from every device and from ``ros2 service call``)
+EVENT_SERVICES = {"begin": TOPICS.recorder_start, "end": TOPICS.recorder_stop,
+                  "discard": TOPICS.recorder_discard, "success": TOPICS.recorder_mark_success}
+DEVICE_MODES = ("gamepad", "spacemouse", "joy", "twist")
+
+
 def make_node() -> Any:
     """Build the rclpy node (parameters from the command line / params file)."""
     import threading
@@ -126,17 +142,23 @@ def make_node() -> Any:
     )
 
     class TeleopNode(Node):
-        """Thin rclpy wiring around ``ExpertTeleop`` / ``KeyboardTeleop``."""
+        """Thin rclpy wiring around ``ExpertTeleop`` / ``KeyboardTeleop`` / ``DeviceTeleop``."""
 
         def __init__(self) -> None:
             super().__init__("teleop")
             self.mode = self.declare_parameter("mode", "expert").value
             control_hz = float(self.declare_parameter("control_hz", 10.0).value)
+            self.action_dim = int(self.declare_parameter("action_dim", 5).value)
+            self.speed = float(self.declare_parameter("speed", 1.0).value)
             self.pub_action = self.create_publisher(Float64MultiArray, TOPICS.action, control_qos())
             self.pub_intervention = self.create_publisher(Bool, TOPICS.intervention, latched_qos())
             self.pub_intervention.publish(Bool(data=False))
             self.create_service(Trigger, TOPICS.teleop_reset, self._on_reset)
             self.published = 0
+            self._stopping = False
+            # not self._clients: rclpy's Node keeps its own list of service clients under that name
+            self._recorder_clients = {
+                srv: self.create_client(SetBool if ev == "success" else Trigger, srv) for ev, srv in EVENT_SERVICES.items()}
             if self.mode == "expert":
                 from sim import make_expert
 
@@ -146,24 +168,42 @@ def make_node() -> Any:
                 self.expert = ExpertTeleop(make_expert(task, quality=quality, seed=seed), control_hz)
                 self.create_subscription(Float64MultiArray, TOPICS.privileged_state, self._on_state, sensor_pub_qos())
                 self.get_logger().info(f"teleop: scripted expert for '{task}' (quality {quality}, seed {seed})")
-            elif self.mode == "keyboard":
-                self.keyboard = KeyboardTeleop(int(self.declare_parameter("action_dim", 5).value))
-                # not self._clients: rclpy's Node keeps its own list of service clients under that name
-                self._recorder_clients = {
-                    TOPICS.recorder_start: self.create_client(Trigger, TOPICS.recorder_start),
-                    TOPICS.recorder_stop: self.create_client(Trigger, TOPICS.recorder_stop),
-                    TOPICS.recorder_discard: self.create_client(Trigger, TOPICS.recorder_discard),
-                    TOPICS.recorder_mark_success: self.create_client(SetBool, TOPICS.recorder_mark_success),
-                }
-                self.create_timer(1.0 / control_hz, self._publish_keyboard)
-                self._stopping = False
-                if sys.stdin.isatty():
-                    threading.Thread(target=read_keys, args=(self._on_key, lambda: self._stopping), daemon=True).start()
-                    print(__doc__.split("Keys (keyboard mode)::")[1].split("python -m")[0], flush=True)
+                return
+            if self.mode not in ("keyboard", *DEVICE_MODES):
+                raise ValueError(f"teleop: unknown mode '{self.mode}' (choose expert, keyboard, {', '.join(DEVICE_MODES)})")
+            # a person drives: gripper and intervention are also services, for setups without buttons
+            self.create_service(SetBool, "/teleop/gripper", self._srv_flag("gripper"))
+            self.create_service(SetBool, "/teleop/intervention", self._srv_flag("intervention"))
+            self.keyboard = KeyboardTeleop(self.action_dim, self.speed)
+            self.device: Any = None
+            self.reader: Any = None
+            self._latest: Any = None  # joy / twist: the newest message and when it came
+            if self.mode in ("gamepad", "spacemouse", "joy"):
+                from ros_nodes.teleop_devices import PRESETS, DeviceTeleop, open_device
+
+                self.device = DeviceTeleop(PRESETS[self.mode], self.action_dim, self.speed)
+                if self.mode == "joy":
+                    from sensor_msgs.msg import Joy
+
+                    topic = self.declare_parameter("topic", "").value or "/joy"
+                    self.create_subscription(Joy, topic, self._on_joy, 10)
+                    self.get_logger().info(f"teleop: sensor_msgs/Joy on {topic} (the ROS joy node's Xbox layout)")
                 else:
-                    self.get_logger().error("teleop: mode=keyboard needs a terminal (stdin is not a tty)")
-            else:
-                raise ValueError(f"teleop: unknown mode '{self.mode}' (choose expert or keyboard)")
+                    self.reader = open_device(self.mode, str(self.declare_parameter("device", "").value))
+                    self.get_logger().info(f"teleop: {self.mode} {getattr(self.reader, 'name', '')}")
+            elif self.mode == "twist":
+                from geometry_msgs.msg import Twist
+
+                topic = self.declare_parameter("topic", "").value or "/cmd_vel"
+                self.create_subscription(Twist, topic, self._on_twist, 10)
+                self.get_logger().info(f"teleop: geometry_msgs/Twist on {topic}; begin/end/success/discard are the "
+                                       "recorder's services, gripper and intervention /teleop/gripper, /teleop/intervention")
+            self.create_timer(1.0 / control_hz, self._publish_person)
+            if sys.stdin.isatty():  # keys work next to every device (and are the whole interface in keyboard mode)
+                threading.Thread(target=read_keys, args=(self._on_key, lambda: self._stopping), daemon=True).start()
+                print(__doc__.split("Keys (keyboard mode)::")[1].split("python -m")[0], flush=True)
+            elif self.mode == "keyboard":
+                self.get_logger().error("teleop: mode=keyboard needs a terminal (stdin is not a tty)")
 
         def _on_reset(self, _req: Any, resp: Any) -> Any:
             if self.mode == "expert":
@@ -181,23 +221,95 @@ def make_node() -> Any:
                 self.pub_action.publish(numpy_to_float_array(action))
                 self.published += 1
 
-        def _on_key(self, key: str) -> None:
-            was = self.keyboard.intervention
-            service = self.keyboard.on_key(key, time.time())
-            if self.keyboard.intervention != was:
-                self.pub_intervention.publish(Bool(data=self.keyboard.intervention))
-                self.get_logger().info(f"intervention {'ON' if self.keyboard.intervention else 'off'}")
-            if service is not None:
-                client = self._recorder_clients[service]
-                req = SetBool.Request(data=True) if service == TOPICS.recorder_mark_success else Trigger.Request()
-                if not client.service_is_ready():
-                    self.get_logger().error(f"{service}: recorder not running")
-                    return
-                client.call_async(req).add_done_callback(
-                    lambda f, s=service: self.get_logger().info(f"{s}: {f.result().message}"))
+        # ------------------------------------------------------------ a person
+        def _srv_flag(self, flag: str) -> Any:
+            def handler(req: Any, resp: Any) -> Any:
+                if flag == "gripper":
+                    self._set_gripper(1.0 if req.data else -1.0)
+                else:
+                    self._set_intervention(bool(req.data))
+                resp.success, resp.message = True, f"{flag}={'open' if flag == 'gripper' and req.data else req.data}"
+                return resp
+            return handler
 
-        def _publish_keyboard(self) -> None:
-            self.pub_action.publish(numpy_to_float_array(self.keyboard.action(time.time())))
+        def _set_gripper(self, value: float) -> None:
+            self.keyboard.gripper = value
+            if self.device is not None:
+                self.device.gripper = value
+
+        def _set_intervention(self, on: bool) -> None:
+            if on == self.keyboard.intervention:
+                return
+            self.keyboard.intervention = on
+            if self.device is not None:
+                self.device.intervention = on
+            self.pub_intervention.publish(Bool(data=on))
+            self.get_logger().info(f"intervention {'ON' if on else 'off'}")
+
+        def _on_event(self, event: str) -> None:
+            """An operator event from any device: toggles here, the episode workflow at the recorder."""
+            if event == "gripper":
+                self._set_gripper(-self.keyboard.gripper)
+            elif event == "intervention":
+                self._set_intervention(not self.keyboard.intervention)
+            elif event in EVENT_SERVICES:
+                self._call(EVENT_SERVICES[event])
+
+        def _call(self, service: str) -> None:
+            client = self._recorder_clients[service]
+            req = SetBool.Request(data=True) if service == TOPICS.recorder_mark_success else Trigger.Request()
+            if not client.service_is_ready():
+                self.get_logger().error(f"{service}: recorder not running")
+                return
+            client.call_async(req).add_done_callback(
+                lambda f, s=service: self.get_logger().info(f"{s}: {f.result().message}"))
+
+        def _on_key(self, key: str) -> None:
+            was_g, was_i = self.keyboard.gripper, self.keyboard.intervention
+            service = self.keyboard.on_key(key, time.time())
+            if self.keyboard.intervention != was_i:
+                self.keyboard.intervention = was_i
+                self._set_intervention(not was_i)
+            if self.keyboard.gripper != was_g:
+                self._set_gripper(self.keyboard.gripper)
+            if service is not None:
+                self._call(service)
+
+        def _on_joy(self, msg: Any) -> None:
+            from ros_nodes.teleop_devices import JoyState
+
+            state = JoyState(list(msg.axes), list(msg.buttons), time.monotonic())
+            g, i = self.device.gripper, self.device.intervention
+            action, events = self.device.on_state(state)
+            self.device.gripper, self.device.intervention = g, i  # applied once, by _on_event
+            self._latest = (time.monotonic(), state)
+            for e in events:
+                self._on_event(e)
+
+        def _on_twist(self, msg: Any) -> None:
+            self._latest = (time.monotonic(), msg)
+
+        def _publish_person(self) -> None:
+            now = time.time()
+            action = self.keyboard.action(now)
+            if self.reader is not None:
+                g, i = self.device.gripper, self.device.intervention
+                dev_action, events = self.device.on_state(self.reader.read(), time.monotonic())
+                self.device.gripper, self.device.intervention = g, i
+                for e in events:
+                    self._on_event(e)
+                action = np.where(action[:-1] != 0, action[:-1], dev_action[:-1]).tolist() + [self.keyboard.gripper]
+            elif self._latest is not None and time.monotonic() - self._latest[0] < 0.5:  # deadman: stale = stop
+                from ros_nodes.teleop_devices import twist_action
+
+                if self.mode == "joy":
+                    dev = self.device.action(self._latest[1])[:-1]
+                else:
+                    m = self._latest[1]
+                    dev = twist_action([m.linear.x, m.linear.y, m.linear.z], m.angular.z, 1.0,
+                                       action_dim=self.action_dim)[:-1]
+                action = np.where(action[:-1] != 0, action[:-1], dev).tolist() + [self.keyboard.gripper]
+            self.pub_action.publish(numpy_to_float_array(np.asarray(action, dtype=np.float64)))
             self.published += 1
 
         def close(self) -> None:
