@@ -95,7 +95,7 @@ class DeployConfig:
     # (measured from the stamps), so a chunk computed from an observation is ready for the tick that
     # follows it; "free" ticks on the node's own clock, wherever that falls relative to the robot's.
     tick_phase: str = "observation"
-    phase_offset_s: float = 0.0  # 0 = inference p90 + 10 ms, measured (capped below one period)
+    phase_offset_s: float = 0.0  # 0 = median capture->chunk latency + 10 ms, measured (capped below one period)
     record: RolloutConfig = field(default_factory=RolloutConfig)  # every deployed episode into a store
     keyboard_labels: bool = True  # s / f + Enter in the node's terminal labels the episode success / failure
     trace_dir: str = ""  # write what the policy was fed and what was executed, one npz per episode

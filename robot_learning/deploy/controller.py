@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,7 @@ class PolicyController:
         self.intervention = False
         self._operator: tuple[np.ndarray, float] | None = None
         self.latency_est_s = 0.0  # EMA of observation capture -> chunk arrival
+        self._latencies: deque[float] = deque(maxlen=21)  # recent capture -> arrival, for the tick phase
         self.last_tick: TickResult | None = None
         self.last_problem = ""
         self._last_t_obs = 0.0  # capture stamp of the newest observation already inferred on
@@ -290,6 +292,7 @@ class PolicyController:
             if self.trace is not None:
                 self.trace.inference(obs, used, t_obs, arrived, actions)
             lat = arrived - t_obs
+            self._latencies.append(lat)
             self.latency_est_s = lat if self.latency_est_s == 0.0 else 0.8 * self.latency_est_s + 0.2 * lat
         return True
 
@@ -304,7 +307,10 @@ class PolicyController:
         if not np.isfinite(ref):
             return None
         period = 1.0 / self.control_hz
-        offset = offset_s or min(max(self.latency_est_s + 0.01, 0.015), 0.8 * period)
+        # the median, not the mean: on a loaded machine a few inferences take 10x longer, and a tick
+        # placed after those would delay every other chunk's first action
+        typical = float(np.median(self._latencies)) if self._latencies else self.latency_est_s
+        offset = offset_s or min(max(typical + 0.01, 0.015), 0.8 * period)
         base = ref + offset
         earliest = max(now, (last_tick + 0.5 * period) if last_tick is not None else now)
         k = max(0, int(np.ceil((earliest - base) / period - 1e-9)))
