@@ -103,3 +103,38 @@ def test_view_serves_the_web_viewer(sim_store: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.integration
+def test_report_and_view_of_an_s3_store(tmp_path: Path) -> None:
+    """Both commands read s3:// stores (moto's S3 server on loopback)."""
+    import boto3
+    import numpy as np
+    from moto.server import ThreadedMotoServer
+
+    from robot_learning.cli import main
+    from robot_learning.data.store import EpisodeMeta, EpisodeStore
+    from robot_learning.data.synthetic import write_episode
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="k", aws_secret_access_key="s",
+                     region_name="us-east-1").create_bucket(Bucket="lab")
+        options = {"endpoint_url": endpoint, "key": "k", "secret": "s", "client_kwargs": {"region_name": "us-east-1"}}
+        uri = "s3://lab/lift.zarr"
+        store = EpisodeStore.open(uri, mode="w", storage_options=options)
+        rng = np.random.default_rng(0)
+        for ok in (True, False):
+            write_episode(store, rng, 8, success=ok, meta=EpisodeMeta(task="lift", source="teleop"), t0=1.8e9)
+        opts = ["--storage-option", f"endpoint_url={endpoint}", "--storage-option", "key=k",
+                "--storage-option", "secret=s", "--storage-option", 'client_kwargs={"region_name": "us-east-1"}']
+        assert main(["data", "report", uri, "--out", str(tmp_path / "r.html"), "--no-progress", *opts]) == 0
+        page = (tmp_path / "r.html").read_text()
+        assert "0.50 (1/2, Wilson 95% CI" in page and 'id="ep-1"' in page
+        assert main(["data", "view", uri, "1", "--save", str(tmp_path / "s3.rrd"), *opts]) == 0
+        assert (tmp_path / "s3.rrd").stat().st_size > 1000
+    finally:
+        server.stop()
