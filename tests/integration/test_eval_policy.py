@@ -99,3 +99,27 @@ def test_rlstack_eval_command_writes_report(tiny_checkpoint, tmp_path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["n_episodes"] == 2 and report["seeds"] == [100000, 100001] and len(report["ci95"]) == 2
     assert list(out.glob("*.mp4")) and (out / "config.yaml").exists()
+
+
+def test_a_composite_wrapper_runs_in_sim_eval_with_its_hook(tiny_checkpoint, tmp_path) -> None:
+    """A wrapper checkpoint goes through the same eval path as a plain one; its per-step hook moves the arm."""
+    from robot_learning.policies.perturbed import PerturbedPolicy
+    from sim import make_robot
+    from sim.gym_env import run_episode
+
+    base = load_policy(tiny_checkpoint)
+    wrapped = tmp_path / "perturbed.pt"
+    PerturbedPolicy(base, offset=[0.0, 0.0, 1.0, 0.0, 0.0]).save(wrapped)  # full speed up, every step
+    report = evaluate_checkpoint(wrapped, TASK, n_episodes=2, seed=40, n_procs=2, max_steps=12)
+    assert report.n_episodes == 2 and "perturbed.pt" in report.agent
+
+    def final_height(path: Path) -> float:
+        robot = make_robot("lift", cameras=("front", "wrist"), image_size=IMAGE)
+        try:
+            agent = PolicyAgent(load_policy(path))
+            run_episode(robot, agent.act, seed=40, max_steps=12, reset_agent=lambda s: agent.reset(seed=s))
+            return float(robot.observe().data["ee_pose"][2])
+        finally:
+            robot.close()
+
+    assert final_height(wrapped) > final_height(tiny_checkpoint) + 0.05  # the offset was executed at every step
