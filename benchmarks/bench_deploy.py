@@ -10,7 +10,11 @@
    requests with a low-dim observation and with two 96x96 cameras x 2 steps: round trip p50/p99 and
    requests/s (a policy that returns at once, so the figures are the protocol's cost).
 
+3. ``--parity``: success of trained checkpoints through the node vs direct evaluation on the same seeds,
+   and the ablation of the parity fixes (``benchmarks/deploy_parity.py``).
+
     .venv/bin/python benchmarks/bench_deploy.py [--seconds 20] [--requests 300] [--scenarios before,process]
+    .venv/bin/python benchmarks/bench_deploy.py --parity --checkpoint bc_lift=runs/parity/run_bc/policy.pt
 """
 
 from __future__ import annotations
@@ -307,7 +311,18 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="server round trips per payload")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated subset of {list(SCENARIOS)}")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
+    parser.add_argument("--parity", action="store_true", help="run the parity section instead (direct vs node)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="LABEL=PATH",
+                        help="parity: a checkpoint, label <policy>_<task> (e.g. bc_lift=runs/bc/policy.pt); repeatable")
+    parser.add_argument("--episodes", type=int, default=50, help="parity: episodes per row")
+    parser.add_argument("--seed", type=int, default=1000, help="parity: first seed")
+    parser.add_argument("--max-steps", type=int, default=120, help="parity: step limit")
+    parser.add_argument("--out", default="runs/bench_parity", help="parity: where row reports are kept (resumable)")
+    parser.add_argument("--ablate", default="", help="parity: label of the checkpoint to run the ablation on")
+    parser.add_argument("--no-serve", action="store_true", help="parity: skip the node + rlstack serve rows")
     args = parser.parse_args()
+    if args.parity:
+        return run_parity(args, parser)
     names = [n for n in args.scenarios.split(",") if n]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -369,6 +384,23 @@ def main() -> int:
         write_section("deploy", "Deployment: control loop and policy server", body, "python benchmarks/bench_deploy.py")
     else:
         print(body)
+    return 0
+
+
+def run_parity(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The parity section: every row a fresh ``rlstack eval`` / ``rlstack deploy`` (benchmarks/deploy_parity.py)."""
+    from benchmarks.deploy_parity import parity_section
+
+    ckpts = dict(c.split("=", 1) for c in args.checkpoint if "=" in c)
+    if not ckpts or len(ckpts) != len(args.checkpoint):
+        parser.error("--parity needs --checkpoint LABEL=PATH (e.g. bc_lift=runs/bc/policy.pt)")
+    body = parity_section(ckpts, args.episodes, args.seed, args.max_steps, Path(args.out),
+                          args.ablate or next(iter(ckpts)), serve=not args.no_serve)
+    if args.no_write:
+        print(body)
+    else:
+        cmd = "python benchmarks/bench_deploy.py --parity " + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
+        write_section("deploy_parity", "Deployment parity: direct eval vs the ROS 2 policy node", body, cmd)
     return 0
 
 
