@@ -258,8 +258,9 @@ def make_node() -> Any:
         def _call(self, service: str) -> None:
             client = self._recorder_clients[service]
             req = SetBool.Request(data=True) if service == TOPICS.recorder_mark_success else Trigger.Request()
-            if not client.service_is_ready():
-                self.get_logger().error(f"{service}: recorder not running")
+            # a recorder that just came up may not be discovered by this client yet: give it 3 s
+            if not client.service_is_ready() and not client.wait_for_service(timeout_sec=3.0):
+                self.get_logger().error(f"{service}: recorder not running (no such service after 3 s)")
                 return
             client.call_async(req).add_done_callback(
                 lambda f, s=service: self.get_logger().info(f"{s}: {f.result().message}"))
