@@ -158,3 +158,20 @@ def test_temperature_and_utd_schedule() -> None:
     assert UTDSchedule(4).updates_for(3) == 12
     with pytest.raises(ValueError, match="utd"):
         UTDSchedule(0)
+
+
+def test_shared_rl_config_validates_and_names_bad_keys() -> None:
+    from omegaconf import OmegaConf
+
+    from robot_learning.config import config_dir
+    from robot_learning.rl.config import validate_parts
+
+    cfg = OmegaConf.load(config_dir() / "rl" / "parts.yaml")
+    parts = validate_parts(cfg)
+    assert parts.critic.n_heads == 10 and parts.replay.ratios == {"demo": 0.5, "online": 0.5}
+    with pytest.raises(ValueError, match="replay.reward: 'dense'"):
+        validate_parts(OmegaConf.merge(cfg, {"replay": {"reward": "dense"}}))
+    with pytest.raises(ValueError, match="n_headz"):
+        validate_parts(OmegaConf.merge(cfg, {"critic": {"n_headz": 3}}))
+    with pytest.raises(ValueError, match="target_subset"):
+        validate_parts(OmegaConf.merge(cfg, {"critic": {"n_heads": 1}}))
