@@ -19,6 +19,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RLSTACK = [sys.executable, "-m", "robot_learning.cli"]
+DOMAIN_ID = 150 + os.getpid() % 80  # not the default domain 0 other graphs on this machine use
 
 # name -> (what is reverted, overrides that revert it); "all fixes" is the default configuration
 ABLATION: dict[str, tuple[str, list[str]]] = {
@@ -86,7 +87,7 @@ def node_row(name: str, ckpt: str, task: list[str], episodes: int, seed: int, ma
             source = [f"deploy.policy.server=ws://127.0.0.1:{port}"]
         try:
             _run([*RLSTACK, "deploy", *task, *source, f"episodes={episodes}", f"robot.seed={seed}",
-                  f"max_steps={max_steps}", f"log_dir={d}", "store=none", *extra], out / f"abl_{name}.log", 3600)
+                  f"max_steps={max_steps}", f"log_dir={d}", "store=none", f"domain_id={DOMAIN_ID}", *extra], out / f"abl_{name}.log", 3600)
         finally:
             if server is not None:
                 server.terminate()

@@ -211,6 +211,12 @@ def run_sim_episodes(run_cfg: DeployRunConfig, node_cfg: DeployConfig, env: dict
             if time.time() - t0 > run_cfg.startup_timeout_s:
                 raise RuntimeError(f"policy node not up after {run_cfg.startup_timeout_s} s; logs in {log_dir}")
             time.sleep(0.2)
+        from ros_nodes.common import TOPICS
+
+        n_pub = driver.node.count_publishers(TOPICS.joint_states)
+        if n_pub > 1:  # another robot graph shares this ROS domain: its resets and states would mix in
+            raise RuntimeError(f"ROS domain {env['ROS_DOMAIN_ID']} has {n_pub} publishers on {TOPICS.joint_states}; "
+                               "another robot graph runs there: pick a free domain_id=")
         bar = tqdm(range(run_cfg.episodes), desc="deploy episodes", unit="ep")
         for _ in bar:
             results.append(driver.run_episode(run_cfg.max_steps, timeout=run_cfg.startup_timeout_s))
