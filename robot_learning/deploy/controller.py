@@ -98,6 +98,7 @@ class PolicyController:
         # chunk inference; a policy without a hook skips all of this and behaves as before.
         self._step_hook = bool(policy.has_step_hook)
         self.step_hook_ms = float("nan")
+        self.policy_info: dict[str, float] = {}  # scalar entries of the latest chunk's info
 
     # -- inputs -------------------------------------------------------------------------------
     def on_observation(self, key: str, value: np.ndarray, stamp: float) -> None:
@@ -267,7 +268,9 @@ class PolicyController:
         generation = self._generation
         t_start = time.perf_counter()
         try:
-            actions = np.asarray(self.policy.predict_chunk(obs), dtype=np.float64)
+            chunk = self.policy.predict_chunk_with_info(obs)  # info: e.g. candidate scores, for diagnostics
+            actions = np.asarray(chunk.actions, dtype=np.float64)
+            self.policy_info = {k: float(v) for k, v in chunk.info.items() if isinstance(v, int | float)}
         except Exception as exc:  # server down, policy bug: report, hold (starved), retry after a pause
             self.diag.inference_error(f"{type(exc).__name__}: {exc}")
             self.last_problem = f"inference failed: {exc}"
@@ -360,6 +363,7 @@ class PolicyController:
             "last_problem": self.last_problem,
             "latency_est_ms": self.latency_est_s * 1e3,
             "step_hook_ms": self.step_hook_ms,
+            "policy_info": dict(self.policy_info),
         }
         if self.last_tick is not None:
             d["source"] = self.last_tick.source

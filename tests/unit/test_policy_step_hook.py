@@ -13,7 +13,7 @@ from robot_learning.deploy.safety import SafetyConfig
 from robot_learning.deploy.scheduler import SchedulerConfig
 from robot_learning.deploy.worker import GivenPolicy, ProcessPolicy
 from robot_learning.eval.policy_agent import PolicyAgent
-from robot_learning.policies.base import Policy, PolicySpec
+from robot_learning.policies.base import ChunkResult, Policy, PolicySpec
 
 SPEC = PolicySpec(obs_shapes={"x": (2,)}, action_dim=2, n_obs_steps=2, horizon=8, n_action_steps=4, control_hz=20.0)
 OFFSET = 0.5
@@ -49,7 +49,15 @@ class CountingHook:
         self.resets += 1
 
 
-class HookedPolicy(RampPolicy):
+class InfoPolicy(RampPolicy):
+    """Reports how many chunks it planned in the chunk info (what diagnostics should carry)."""
+
+    def predict_chunk_with_info(self, obs_history):
+        chunk = self.predict_chunk(obs_history)
+        return ChunkResult(chunk, {"chunk": self.chunks, "scores": np.zeros(3)})
+
+
+class HookedPolicy(InfoPolicy):
     """RampPolicy with a per-step hook (the hook object is what isolation=process sends back)."""
 
     def __init__(self) -> None:
@@ -101,6 +109,8 @@ def _check_controller(policy: Policy, hook: CountingHook, in_pid: int) -> None:
         assert pid == in_pid
         assert planned == pytest.approx(0.01 * step) and r.action[0] == pytest.approx(planned + OFFSET)
     assert ctrl.diagnostics()["step_hook_ms"] >= 0.0
+    if not isinstance(policy, ProcessPolicy):  # a local policy's chunk info reaches the diagnostics
+        assert ctrl.diagnostics()["policy_info"] == {"chunk": float(policy.chunks)}
     ctrl.reset_episode()
 
 
