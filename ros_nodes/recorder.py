@@ -204,6 +204,8 @@ class Recorder:
             return
         for note in notes:
             self._log_throttled(name, "note", note, level="warn")
+        if self.streams[name].mode == "latest":  # a flag raised in this episode still holds in the next
+            self._carry[name] = (recv_time if stamp is None else stamp, values)
         try:
             self.aligner.add(name, stamp, values, recv_time)
         except SampleError as exc:

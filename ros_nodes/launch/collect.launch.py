@@ -33,8 +33,8 @@ def _nodes(context: Any, *args: Any, **kwargs: Any) -> list[Any]:
         actions.append(ExecuteProcess(
             cmd=[sys.executable, "-m", f"ros_nodes.{name}", "--ros-args", "--params-file", str(params_file)],
             name=name, output="screen",
-            # the keyboard teleop reads this terminal
-            emulate_tty=name == "teleop" and cfg.teleop.mode == "keyboard",
+            # a person's teleop reads this terminal (keys work next to every device)
+            emulate_tty=name == "teleop" and cfg.teleop.mode != "expert",
         ))
     return actions
 
