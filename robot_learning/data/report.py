@@ -308,12 +308,13 @@ def build_report(
                      "smooth": f"{q.smoothness:.2f}" if q and math.isfinite(q.smoothness) else "-",
                      "thumbs": thumbs.get(e.index), "klass": _row_class(flags.get(e.index, []))})
     flagged = sorted(i for i, f in flags.items() if f)
-    kind_counts = {k: sum(1 for i in flagged if any(f.kind == k for f in flags[i])) for k in FLAG_KINDS}
+    by_kind = {k: [(i, "; ".join(f.message for f in flags[i] if f.kind == k)) for i in flagged
+                   if any(f.kind == k for f in flags[i])] for k in FLAG_KINDS}
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = env.from_string(TEMPLATE.read_text()).render(
         title=f"Store report: {Path(st.uri.rstrip('/')).name}", summary=_summary(st, infos),
         success=success_rows(infos), figures=figures, notes=notes, rows=rows, flagged=flagged, flags=flags,
-        kind_counts={k: v for k, v in kind_counts.items() if v}, cfg=cfg.quality, n=len(infos),
+        by_kind={k: v for k, v in by_kind.items() if v}, cfg=cfg.quality, n=len(infos),
         generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), thumb_height=cfg.thumb_height)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
