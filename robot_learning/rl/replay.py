@@ -177,6 +177,12 @@ class ReplaySource:
         keys = list(dict.fromkeys([*self.obs_keys, self.action_key, *(k for k in STEP_KEYS if k in known), *inputs]))
         data = self.store.read_episode(info.index, keys)
         steps = {k: data[k] for k in keys}
+        for key in [*self.obs_keys, self.action_key]:
+            arr = steps[key]
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                step = int(np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))[0][0])
+                raise ValueError(f"replay source {self.name}: key {key!r} has NaN/inf in episode {info.index} "
+                                 f"at step {step} (the episode would poison every batch it is sampled into)")
         rewards = np.asarray(self.reward_fn(info, steps), dtype=np.float32).reshape(-1)
         if len(rewards) != info.length or not np.all(np.isfinite(rewards)):
             raise ValueError(f"replay source {self.name}: reward labels of episode {info.index} have length "

@@ -161,3 +161,17 @@ def to_torch_obs(obs: dict) -> dict:
     import torch
 
     return {k: torch.from_numpy(v) for k, v in obs.items()}
+
+
+def test_a_nan_in_stored_data_is_named_at_load(tmp_path) -> None:
+    s = EpisodeStore.open(str(tmp_path / "nan.zarr"), mode="a", image_codec="lossless")
+    add(s, 0, [0.0] * 4, terminal=True)
+    n = 4
+    data = {"joint_pos": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32),
+            "reward": np.zeros(n, np.float32), "done": np.arange(n) == n - 1, "terminal": np.arange(n) == n - 1,
+            "intervention": np.zeros(n, bool)}
+    data["action"][2, 1] = np.nan
+    s.add_episode(EpisodeMeta(task="lift", source="teleop", rates={"step": 10.0}), data,
+                  {"step": 50.0 + 0.1 * np.arange(n), "joint_pos": 50.0 + 0.1 * np.arange(n)}, success=True)
+    with pytest.raises(ValueError, match="'action' has NaN/inf in episode 1 at step 2"):
+        ReplaySource(s, ["joint_pos"])
