@@ -4,7 +4,8 @@ Public entry points (the contract other packages code against)::
 
     robot = make_robot(task="lift", cameras=("front", "wrist"), image_size=96, control_hz=10.0, dr="none")
     expert = make_expert(task="lift", quality=1.0, seed=0)
-    env = make_env(task="lift")          # gymnasium.Env
+    env = make_env(task="lift")          # gymnasium.Env (failure/truncation, env.intervener)
+    venv = make_vector_env(task="lift", num_envs=4, asynchronous=True)   # gymnasium vector env
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from sim.randomization import DR_PRESETS, DRPreset, get_preset
 from sim.tasks import TASKS
 
-__all__ = ["DR_PRESETS", "DRPreset", "TASKS", "get_preset", "make_env", "make_expert", "make_robot"]
+__all__ = ["DR_PRESETS", "DRPreset", "TASKS", "get_preset", "make_env", "make_expert", "make_robot", "make_vector_env"]
 
 
 def make_robot(task: str = "lift", **kwargs: Any) -> Any:
@@ -38,3 +39,10 @@ def make_env(task: str = "lift", **kwargs: Any) -> Any:
     from sim.gym_env import SimEnv
 
     return SimEnv(task=task, **kwargs)
+
+
+def make_vector_env(task: str = "lift", num_envs: int = 2, asynchronous: bool = False, **kwargs: Any) -> Any:
+    """``num_envs`` copies of ``make_env(task, **kwargs)`` as a gymnasium vector env (async: one process each)."""
+    from sim.gym_env import make_vector_env as _make
+
+    return _make(task, num_envs=num_envs, asynchronous=asynchronous, **kwargs)
