@@ -337,3 +337,33 @@ def camera_features(encoder: torch.nn.Module, key: str, batch_size: int = 256,
 
     features.inputs = (key,)  # type: ignore[attr-defined] - read for the function even if not an obs key
     return features
+
+
+def planned_actions(policy: Any, n_action_steps: int | None = None, seed: int = 0) -> DerivedFn:
+    """A derived column: the action ``policy`` would have planned at every stored step, executing its
+    chunks open-loop as the sim agent and the deploy controller do (re-plan every ``n_action_steps``,
+    history padded with the episode's first frame, ``reset`` + ``reseed(seed + episode)`` per episode).
+
+    Used to relabel demonstrations with a frozen base's prediction (residual RL: target = demo - base).
+    Like every derived column it is sampled as a history: the step's own value is ``obs[name][:, -1]``
+    (and ``next_obs[name][:, -1]`` for the bootstrap state).
+    """
+    spec = policy.spec
+    n_exec = int(n_action_steps or spec.n_action_steps)
+    if not 1 <= n_exec <= spec.horizon:
+        raise ValueError(f"n_action_steps={n_exec} must be in 1..horizon={spec.horizon}")
+    back = np.arange(spec.n_obs_steps - 1, -1, -1)
+
+    def plan(info: EpisodeInfo, steps: Mapping[str, np.ndarray]) -> np.ndarray:
+        policy.reset()  # chunk state never leaks from one episode into the next
+        policy.reseed(seed + info.index)
+        out = np.empty((info.length, spec.action_dim), dtype=np.float32)
+        for t in range(0, info.length, n_exec):
+            rows = np.maximum(t - back, 0)
+            chunk = np.asarray(policy.predict_chunk({k: steps[k][rows] for k in spec.obs_shapes}))
+            n = min(n_exec, info.length - t)
+            out[t : t + n] = chunk[:n]
+        return out
+
+    plan.inputs = tuple(spec.obs_shapes)  # type: ignore[attr-defined]
+    return plan

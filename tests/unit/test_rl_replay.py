@@ -175,3 +175,32 @@ def test_a_nan_in_stored_data_is_named_at_load(tmp_path) -> None:
                   {"step": 50.0 + 0.1 * np.arange(n), "joint_pos": 50.0 + 0.1 * np.arange(n)}, success=True)
     with pytest.raises(ValueError, match="'action' has NaN/inf in episode 1 at step 2"):
         ReplaySource(s, ["joint_pos"])
+
+
+def test_planned_actions_relabel_demos_with_the_base_executing_its_chunks(store) -> None:
+    from robot_learning.policies.base import Policy, PolicySpec
+    from robot_learning.rl.replay import planned_actions
+
+    class Echo(Policy):
+        """Chunk action i = (newest t + i, oldest t): shows when it planned and from which history."""
+
+        spec = PolicySpec(obs_shapes={"joint_pos": (2,)}, action_dim=2, n_obs_steps=2, horizon=4, n_action_steps=3)
+
+        def __init__(self) -> None:
+            self.resets = 0
+
+        def reset(self) -> None:
+            self.resets += 1
+
+        def predict_chunk(self, obs_history):
+            t_new, t_old = obs_history["joint_pos"][-1, 1], obs_history["joint_pos"][0, 1]
+            return np.stack([[t_new + i, t_old] for i in range(4)]).astype(np.float32)
+
+    base = Echo()
+    src = ReplaySource(store, ["joint_pos"], derived={"base_action": planned_actions(base)})
+    assert base.resets == 2  # once per episode
+    col = src._cols["base_action"].view()
+    # episode 0 (5 steps): plans at t = 0 (history padded with t = 0) and t = 3 (history t = 2, 3)
+    np.testing.assert_array_equal(col[:5], [[0, 0], [1, 0], [2, 0], [3, 2], [4, 2]])
+    batch = src.gather(np.arange(len(src)))
+    assert batch["obs"]["base_action"].shape == (len(src), 2, 2)
