@@ -106,3 +106,48 @@ def ema_state_dict(model: torch.nn.Module, ema: Any) -> dict[str, torch.Tensor]:
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     ema.restore(params)
     return weights
+
+
+TRAIN_STATE_FORMAT = "rlstack.train_state"
+
+
+def save_train_state(path: str | Path, step: int, objects: dict[str, Any],
+                     generators: dict[str, np.random.Generator | torch.Generator] | None = None,
+                     extra: dict[str, Any] | None = None, world: int = 1) -> None:
+    """One atomic resume file for a learner: every object's state, its generators, the global RNGs, the step.
+
+    ``objects`` are modules, optimizers, schedulers (anything with ``state_dict``); ``generators`` the
+    numpy/torch generators the learner draws from (replay sampling, exploration noise); ``extra`` plain data.
+    """
+    gens: dict[str, Any] = {}
+    for name, g in (generators or {}).items():
+        gens[name] = {"torch": g.get_state()} if isinstance(g, torch.Generator) else {"numpy": numpy_generator_state(g)}
+    save_checkpoint(path, {"format": TRAIN_STATE_FORMAT, "step": int(step), "world": int(world),
+                           "objects": state_dicts(objects), "generators": gens, "rng": gather_rng(world),
+                           "extra": dict(extra or {})})
+
+
+def load_train_state(path: str | Path, objects: dict[str, Any],
+                     generators: dict[str, np.random.Generator | torch.Generator] | None = None,
+                     rank: int = 0) -> dict[str, Any]:
+    """Restore what ``save_train_state`` wrote into the same named objects; returns ``{"step", "extra"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"train state not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or foreign files
+        raise ValueError(f"{path} is not a readable train state: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+        raise ValueError(f"{path} is not an rlstack train state (no '{TRAIN_STATE_FORMAT}' format tag)")
+    load_state_dicts(objects, state["objects"], str(path))
+    for name, g in (generators or {}).items():
+        saved = state["generators"].get(name)
+        if saved is None:
+            raise ValueError(f"{path}: no state for generator '{name}' (has {sorted(state['generators'])})")
+        if isinstance(g, torch.Generator):
+            g.set_state(saved["torch"])
+        else:
+            set_numpy_generator_state(g, saved["numpy"])
+    set_rng_states(state["rng"][min(rank, len(state["rng"]) - 1)])
+    return {"step": int(state["step"]), "extra": state["extra"]}
