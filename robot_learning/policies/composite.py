@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from robot_learning.config import to_dataclass
-from robot_learning.policies.base import ChunkResult, Policy, check_spec_matches
+from robot_learning.policies.base import ChunkResult, Policy, PolicySpec, check_spec_matches
 from robot_learning.policies.checkpoint import (
     COMPOSITE_VERSION,
     FORMAT,
@@ -160,8 +160,6 @@ class WrapperPolicy(Policy):
 def _reference(base_path: Path, wrapper: WrapperPolicy, saved_at: str | Path | None) -> dict[str, str]:
     """``base_ref`` entry for ``base_path``; the file must hold the wrapper's actual base."""
     ckpt = read_checkpoint(base_path)
-    from robot_learning.policies.base import PolicySpec
-
     check_spec_matches(PolicySpec.from_dict(ckpt["spec"]), wrapper.base.spec, f"base of {wrapper.policy_type}")
     path = base_path.resolve()
     if saved_at is not None:
