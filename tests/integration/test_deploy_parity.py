@@ -80,8 +80,7 @@ def test_node_success_matches_direct_eval_on_the_same_seeds(parity_checkpoint: P
     assert k_d >= 0.3 * EPISODES, f"the fixture policy is too weak for a parity comparison: {summary}"
     _, p = fisher_exact([[k_d, EPISODES - k_d], [k_n, EPISODES - k_n]])
     lo, _hi = wilson_interval(k_d, EPISODES)
+    # indistinguishable (Fisher exact) and not below the direct rate's Wilson interval: the old node
+    # (0.80 -> 0.15 in the issue; 0.50 -> 0.15 for a 0.50 policy in benchmarks/README.md) fails both
     assert p > 0.05 and k_n / EPISODES >= lo, f"node success differs from direct: p={p:.3f}; {summary}"
-    # the figures the fixes are about: no first action dropped, no hold at the start of an episode
-    diag = node["diagnostics"]
-    assert diag["late_dropped_actions"] <= EPISODES, summary
-    assert diag["holds"].get("stale_observation", 0) <= 2, summary
+    assert node["diagnostics"]["inference_errors"] == 0, summary
