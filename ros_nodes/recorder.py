@@ -54,6 +54,7 @@ class _StepWriter:
         self.queue: queue.Queue[Step | tuple[str, Any, Any] | None] = queue.Queue()
         self.error: str = ""
         self.written = 0
+        self.cpu_s = 0.0  # this thread's CPU time (encoding + store writes)
         self.thread = threading.Thread(target=self._run, daemon=True, name="episode-writer")
         self.thread.start()
 
@@ -61,6 +62,7 @@ class _StepWriter:
         while True:
             step = self.queue.get()
             if step is None:
+                self.cpu_s = time.thread_time()
                 return
             if self.error:
                 continue  # the episode is already bad; keep draining
@@ -109,6 +111,7 @@ class Recorder:
         self._started_at = 0.0
         self._silent_reported: set[str] = set()
         self._carry: dict[str, tuple[float, Any]] = {}  # latest-mode values seen between episodes
+        self.cpu_s: dict[str, float] = {}  # per stream: CPU seconds of its callbacks this episode (the node fills it)
 
     @property
     def recording(self) -> bool:
@@ -134,6 +137,7 @@ class Recorder:
         self._stalled.clear()
         self._silent_reported.clear()
         self._started_at = now
+        self.cpu_s = dict.fromkeys(self.streams, 0.0)
         self._last_recv = {}  # a stream is "stopped" only after it has published in this episode
         return True, f"recording episode {len(self.store)}"
 
@@ -153,7 +157,8 @@ class Recorder:
             self.writer.queue.put(step)
         self._queue_raw()
         self.writer.finish()
-        summary = {"streams": self.aligner.summary(), "steps": self.writer.written, "success": self.success}
+        summary = {"streams": self.aligner.summary(), "steps": self.writer.written, "success": self.success,
+                   "cpu_s": {**{k: round(v, 3) for k, v in self.cpu_s.items()}, "writer": round(self.writer.cpu_s, 3)}}
         writer, error = self.writer.writer, self.writer.error
         self.aligner, self.writer = None, None
         self.last_summary = summary
@@ -358,6 +363,12 @@ def make_node() -> Any:
                         f"(clock '{settings.clock}' @ {settings.control_hz} Hz)")
 
         def _on_message(self, name: str, msg: Any) -> None:
+            t0 = time.thread_time()  # per-stream CPU of the callbacks (the executor's own work is not in it)
+            self._take(name, msg)
+            if name in self.rec.cpu_s:
+                self.rec.cpu_s[name] += time.thread_time() - t0
+
+        def _take(self, name: str, msg: Any) -> None:
             self.rec.on_message(name, msg, now_sec())
             # The executor takes one message per subscription per wait-set pass, at ~0.3 ms of Python
             # per pass; a 500 Hz stream on a busy machine then falls behind until DDS drops samples.

@@ -24,7 +24,6 @@ import bisect
 import functools
 import json
 import math
-import statistics
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -347,9 +346,11 @@ class EpisodeAligner:
             n: s.declared_shapes() for n, s in self.streams.items()}
         self._unlocked: dict[str, list[tuple[float, dict[str, np.ndarray]]]] = {
             n: [] for n, shp in self._shapes.items() if shp is None}
-        self._intervals: dict[str, deque[float]] = {n: deque(maxlen=64) for n in self.streams}
+        self._intervals: dict[str, deque[float]] = {n: deque(maxlen=256) for n in self.streams}
+        self._iv_sum: dict[str, float] = {}
+        # measured period per stream (the nominal one until 8 intervals are in)
         self._median_dt: dict[str, float] = {n: 1.0 / s.rate_hz for n, s in self.streams.items() if s.rate_hz > 0}
-        self._gap_debt: dict[str, int] = {}
+        self._gap_debt: dict[str, tuple[int, float]] = {}
         self._raw: dict[str, tuple[list[np.ndarray], list[float]]] = {
             k: ([], []) for s in self.streams.values() if s.keep_raw for k in s.keys}
 
@@ -424,7 +425,7 @@ class EpisodeAligner:
         stream, st = self.streams[name], self.stats[name]
         prev = self._last_values.get(name)
         if prev is not None and prev[0] >= self.start_time:
-            self._count_gap(name, stamp - prev[0])
+            self._count_gap(name, stamp - prev[0], stamp)
         if st.received == 0:
             st.first_stamp = stamp
         st.received += 1
@@ -441,28 +442,32 @@ class EpisodeAligner:
         if name == self.clock:
             self._maybe_step(stamp)
 
-    def _count_gap(self, name: str, dt: float) -> None:
-        """Frames missing, judged against the stream's measured (median) interval, not its jitter.
+    def _count_gap(self, name: str, dt: float, stamp: float) -> None:
+        """Frames missing, judged against the stream's measured rate, not its jitter.
 
-        An interval over 2.5 median intervals is a hole of round(dt / median) - 1 frames; a burst of
-        intervals under half the median right after it (a publisher catching up) pays the hole back."""
-        iv = self._intervals[name]
-        iv.append(dt)
-        if len(iv) >= 8 and (len(iv) < 64 or self.stats[name].received % 64 == 0):
-            self._median_dt[name] = statistics.median(iv)
-        med = self._median_dt.get(name)
-        if not med or med <= 0:
+        The period is the mean of the last 256 intervals (holes over 10 periods left out), which a
+        bursty publisher does not bias the way a median is. An interval over 2.5 periods is a hole of
+        round(dt / period) - 1 frames; intervals under half a period within 1 s after it (a publisher
+        catching up after a stall) pay it back, since those frames did arrive."""
+        iv, period = self._intervals[name], self._median_dt.get(name)
+        if period is None or dt <= 10.0 * period:
+            if len(iv) == iv.maxlen:
+                self._iv_sum[name] -= iv[0]
+            iv.append(dt)
+            self._iv_sum[name] = self._iv_sum.get(name, 0.0) + dt
+            if len(iv) >= 8:
+                self._median_dt[name] = period = self._iv_sum[name] / len(iv)
+        if not period or period <= 0:
             return
         st = self.stats[name]
-        if dt > 2.5 * med:
-            k = max(0, int(round(dt / med)) - 1)
+        debt, since = self._gap_debt.get(name, (0, 0.0))
+        if dt > 2.5 * period:
+            k = max(0, int(round(dt / period)) - 1)
             st.gaps += k
-            self._gap_debt[name] = self._gap_debt.get(name, 0) + k
-        elif dt < 0.5 * med and self._gap_debt.get(name, 0) > 0:
+            self._gap_debt[name] = (debt + k, stamp)
+        elif dt < 0.5 * period and debt > 0 and stamp - since < 1.0:
             st.gaps -= 1
-            self._gap_debt[name] -= 1
-        else:
-            self._gap_debt[name] = 0
+            self._gap_debt[name] = (debt - 1, since)
 
     def carry_in(self, name: str, stamp: float, values: dict[str, np.ndarray]) -> None:
         """Seed a ``latest`` stream with its value from before the episode (e.g. a latched flag)."""
