@@ -14,8 +14,8 @@ training (and the direct sim evaluation) fed it, consecutive control steps of on
   for the older slot about half the time (measured, benchmarks/README.md, deploy parity).
 
 The oldest sample pads a history that is still short. Out-of-order, future-stamped or malformed
-samples are rejected with a reason and counted, never stored; a backwards clock jump clears the
-stream's buffer (the history is then short and the robot holds until fresh samples arrive), so one
+samples are rejected with a reason and counted, never stored; a backwards clock jump (three samples
+in a row far behind the stream's newest) clears the stream's buffer (the history is then short and the robot holds until fresh samples arrive), so one
 bad stamp never blocks the valid samples after it.
 """
 
@@ -35,6 +35,7 @@ REFERENCE_MODES = ("complete", "newest")
 
 
 REPLAN_MODES = ("observation", "early")
+JUMP_SAMPLES = 3  # consecutive samples this far behind = a clock jump, not one stale message
 
 
 @dataclass
@@ -103,6 +104,7 @@ class ObservationHistory:
         self._buf: dict[str, deque[tuple[float, np.ndarray]]] = {k: deque(maxlen=buffer_len) for k in shapes}
         self._lock = threading.Lock()
         self.stats = HistoryStats()
+        self._behind: dict[str, int] = {}
 
     def clear(self) -> None:
         """Drop every buffered sample (episode boundary)."""
@@ -142,15 +144,21 @@ class ObservationHistory:
                 f"(limit {self.max_future_s} s): publisher clock ahead of this node's")
         buf = self._buf[key]
         if buf and stamp < buf[-1][0] - self.clock_jump_s:
-            # The publisher's clock went back (NTP step, restarted driver): forget this stream's samples
-            # instead of rejecting everything after the jump; the short history holds the robot meanwhile.
-            with self._lock:
-                jump = buf[-1][0] - stamp
-                buf.clear()
-                self.stats.clock_jumps += 1
-                self._warn("clock_jump", f"stream '{key}': capture clock jumped back by {jump:.3f} s; "
-                           "history of the stream cleared")
-            return
+            # Far behind: one such sample is a stale or replayed message (rejected below); JUMP_SAMPLES in a
+            # row mean the publisher's clock went back (NTP step, restarted driver). Then forget this stream's
+            # samples instead of rejecting everything after the jump; the short history holds the robot.
+            self._behind[key] = self._behind.get(key, 0) + 1
+            if self._behind[key] >= JUMP_SAMPLES:
+                with self._lock:
+                    jump = buf[-1][0] - stamp
+                    buf.clear()
+                    self.stats.clock_jumps += 1
+                    self._behind[key] = 0
+                    self._warn("clock_jump", f"stream '{key}': capture clock jumped back by {jump:.3f} s; "
+                               "history of the stream cleared")
+                return
+        else:
+            self._behind[key] = 0
         if buf and stamp <= buf[-1][0]:
             raise ObservationRejected(
                 "out_of_order", f"stream '{key}': out of order, stamp {stamp:.6f} is not after the previous {buf[-1][0]:.6f}")

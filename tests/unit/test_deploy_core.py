@@ -115,9 +115,15 @@ def test_history_future_stamp_and_clock_jump_do_not_block_valid_samples() -> Non
         h.add("j", np.zeros(1, np.float32), 5000.0)
     h.add("j", np.ones(1, np.float32), 100.0)  # the next valid sample is stored
     assert h.newest_stamps() == {"j": 100.0}
-    h.add("j", np.full(1, 2, np.float32), 50.0)  # clock stepped back 50 s: buffer restarts there
+    with pytest.raises(ObservationRejected, match="out of order"):  # one stale message: rejected
+        h.add("j", np.full(1, 9, np.float32), 40.0)
+    h.add("j", np.full(1, 9, np.float32), 100.05)
+    for k, t in enumerate((49.8, 49.9)):  # then the clock steps back 50 s: rejected until it is a pattern
+        with pytest.raises(ObservationRejected, match="out of order"):
+            h.add("j", np.full(1, k, np.float32), t)
+    h.add("j", np.full(1, 2, np.float32), 50.0)  # third in a row: a clock jump, the buffer restarts there
     assert h.newest_stamps() == {"j": 50.0} and h.stats.clock_jumps == 1
-    assert h.stats.warnings and "50.000 s" in h.stats.warnings[0]
+    assert h.stats.warnings and "50.050 s" in h.stats.warnings[0]
     h.add("j", np.full(1, 3, np.float32), 50.1)
     assert h.sample(2, 0.1)[0]["j"][:, 0].tolist() == [2, 3]
 
