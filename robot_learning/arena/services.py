@@ -316,6 +316,10 @@ def submit_vote(db: Session, ev: Evaluator, session_id: str, body: schemas.VoteI
     if replay is not None:
         return replay
     s = own_session(db, ev, session_id, lock=True)
+    if s.state == "voted":  # a concurrent request may have stored this very vote since the first look
+        replay = _replayed(db, ev, session_id, body.idempotency_key)
+        if replay is not None:
+            return replay
     _require_open(s, "vote")
     vote = Vote(session_id=s.id, evaluator_id=ev.id, idempotency_key=body.idempotency_key, outcome=body.outcome,
                 progress_a=body.progress_a, progress_b=body.progress_b, comment=body.comment, valid=body.valid,
