@@ -64,7 +64,7 @@ def direct_row(ckpt: str, task: list[str], episodes: int, seed: int, max_steps: 
         d.mkdir(parents=True, exist_ok=True)
         (d / "load").write_text(f"{os.getloadavg()[0]:.2f}")
         _run([*RLSTACK, "eval", f"checkpoint={ckpt}", *task, f"episodes={episodes}", f"seed={seed}",
-              f"max_steps={max_steps}", "procs=1", f"out={d}", "n_videos=0"], out / "eval_direct.log", 3600)
+              f"max_steps={max_steps}", "procs=1", f"out={d}", "videos=0"], out / "eval_direct.log", 3600)
         rep = _cached(d / "report.json", d / "load")
     per = {e["seed"]: bool(e["success"]) for e in rep["episodes"]}
     return {"k": sum(per.values()), "n": len(per), "per_seed": per, "load": rep["load"]}
