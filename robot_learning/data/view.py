@@ -168,6 +168,29 @@ def _log_ee(rec: Any, rr: Any, prefix: str, pose: np.ndarray, stamps: np.ndarray
     return [f"{prefix}/ee/trajectory", f"{prefix}/ee/position"]
 
 
+def blueprint(store: EpisodeStore, episodes: Sequence[int]) -> Any:
+    """Default layout: one tab per episode with cameras, joint/action plots, flags, the 3-D path and metadata."""
+    import rerun.blueprint as rrb
+
+    cams = [k[len(IMAGE_PREFIX):] for k in store.keys if k.startswith(IMAGE_PREFIX)]
+    plots = [k for k in ("joint_pos", "joint_vel", "ee_pose", "action", "gripper") if k in store.keys]
+    flags = [k for k in FLAG_KEYS if k in store.keys]
+    tabs = []
+    for i in episodes:
+        p = entity_prefix(i)
+        left = [rrb.Grid(*[rrb.Spatial2DView(origin=f"{p}/camera/{c}", name=c) for c in cams])] if cams else []
+        if "ee_pose" in store.keys:
+            left.append(rrb.Spatial3DView(origin=f"{p}/ee", name="end-effector path"))
+        left.append(rrb.TextDocumentView(origin=f"{p}/meta", name="metadata"))
+        right = [rrb.TimeSeriesView(origin=f"{p}/{k}", name=k) for k in plots]
+        if flags:
+            right.append(rrb.TimeSeriesView(origin=p, contents=[f"{p}/{k}" for k in flags], name="reward / flags"))
+        if store.streams:
+            right.append(rrb.TimeSeriesView(origin=f"{p}/streams", name="raw streams"))
+        tabs.append(rrb.Horizontal(rrb.Vertical(*left), rrb.Vertical(*right), name=f"episode {i}"))
+    return rrb.Blueprint(rrb.Tabs(*tabs), rrb.TimePanel(timeline=CAPTURE), collapse_panels=False)
+
+
 def open_store(uri: str | EpisodeStore, storage_options: dict[str, Any] | None = None) -> EpisodeStore:
     """Open a store read-only; an unreachable remote store raises one StoreError line, not a traceback."""
     if isinstance(uri, EpisodeStore):
@@ -199,31 +222,38 @@ def select_episodes(store: EpisodeStore, episodes: Sequence[int] | None) -> list
     return [i % len(store) for i in chosen]
 
 
+def _build(
+    store: str | EpisodeStore, episodes: Sequence[int] | None, storage_options: dict[str, Any] | None,
+    jpeg_quality: int, application_id: str = "rlstack_data",
+) -> tuple[Any, EpisodeStore, list[int]]:
+    rr = _rr()
+    st = open_store(store, storage_options)
+    chosen = select_episodes(st, episodes)
+    rec = rr.RecordingStream(application_id)  # a fresh recording id: viewing twice never merges rows
+    rec.send_recording_name(f"{Path(st.uri.rstrip('/')).name} episode {', '.join(map(str, chosen))}")
+    for i in chosen:
+        log_episode(rec, st, i, jpeg_quality)
+    return rec, st, chosen
+
+
 def recording(
     store: str | EpisodeStore, episodes: Sequence[int] | None = None, storage_options: dict[str, Any] | None = None,
     jpeg_quality: int = 90, application_id: str = "rlstack_data",
 ) -> Any:
     """A rerun RecordingStream holding the episodes (buffered in memory until a sink is set:
     ``rec.save(path)``, ``rec.spawn()``, ``rec.serve_grpc()`` or ``rec.notebook_show()``)."""
-    rr = _rr()
-    st = open_store(store, storage_options)
-    chosen = select_episodes(st, episodes)
-    rec = rr.RecordingStream(application_id, recording_id=f"{st.uri}:{chosen}")
-    rec.send_recording_name(f"{Path(st.uri.rstrip('/')).name} episode {', '.join(map(str, chosen))}")
-    for i in chosen:
-        log_episode(rec, st, i, jpeg_quality)
-    return rec
+    return _build(store, episodes, storage_options, jpeg_quality, application_id)[0]
 
 
 def save(
     store: str | EpisodeStore, path: str | os.PathLike[str], episodes: Sequence[int] | None = None,
     storage_options: dict[str, Any] | None = None, jpeg_quality: int = 90,
 ) -> Path:
-    """Write the episodes to an ``.rrd`` file (open it with ``rerun FILE``)."""
-    rec = recording(store, episodes, storage_options, jpeg_quality)
+    """Write the episodes, with the default layout, to an ``.rrd`` file (open it with ``rerun FILE``)."""
+    rec, st, chosen = _build(store, episodes, storage_options, jpeg_quality)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rec.save(str(out))
+    rec.save(str(out), default_blueprint=blueprint(st, chosen))
     rec.flush()
     rec.disconnect()
     return out
@@ -237,8 +267,8 @@ def has_display() -> bool:
 def spawn(store: str | EpisodeStore, episodes: Sequence[int] | None = None,
           storage_options: dict[str, Any] | None = None, jpeg_quality: int = 90) -> None:
     """Open the native Rerun viewer (needs a display) and stream the episodes to it."""
-    rec = recording(store, episodes, storage_options, jpeg_quality)
-    rec.spawn()
+    rec, st, chosen = _build(store, episodes, storage_options, jpeg_quality)
+    rec.spawn(default_blueprint=blueprint(st, chosen))
     rec.flush()
 
 
@@ -248,8 +278,9 @@ def serve(store: str | EpisodeStore, port: int, episodes: Sequence[int] | None =
 
     Rerun binds every interface: on a shared network, reach it through ``ssh -L`` and firewall the ports."""
     rr = _rr()
-    rec = recording(store, episodes, storage_options, jpeg_quality)
-    grpc_url = rec.serve_grpc(grpc_port=port + 1)  # next to the web port, not rerun's 9876 (a spawned viewer's)
+    rec, st, chosen = _build(store, episodes, storage_options, jpeg_quality)
+    # next to the web port, not rerun's 9876 (a spawned viewer's)
+    grpc_url = rec.serve_grpc(grpc_port=port + 1, default_blueprint=blueprint(st, chosen))
     rec.flush()
     rr.serve_web_viewer(web_port=port, open_browser=False, connect_to=grpc_url)
     url = f"http://127.0.0.1:{port}"

@@ -62,6 +62,7 @@ def test_rrd_holds_entities_and_real_stamps(store: EpisodeStore, tmp_path: Path)
     out = tmp_path / "ep.rrd"
     assert main(["data", "view", store.uri, "0", "1", "--save", str(out)]) == 0
     chunks, times = _read_rrd(out)
+    assert len(rr.chunk.RrdReader(out).blueprints()) == 1  # the default layout travels with the file
     for i in (0, 1):
         p = f"/episode_{i}"
         expected = {f"{p}/meta", f"{p}/camera/front", f"{p}/camera/wrist", f"{p}/joint_pos", f"{p}/joint_vel",
