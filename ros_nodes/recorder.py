@@ -305,6 +305,15 @@ def make_node() -> Any:
 
     from ros_nodes.common import TOPICS, now_sec, recorder_sub_qos
 
+    def _received(info: Any) -> float:
+        # DDS's reception time, not the time the callback ran: the executor pauses between callbacks
+        # (batching_executor), and unstamped streams (/action) are stamped with their receive time
+        try:
+            ns = int(info["received_timestamp"])
+        except (TypeError, KeyError, ValueError):
+            ns = 0
+        return ns * 1e-9 if ns > 0 else now_sec()
+
     def msg_class(ros_type: str) -> Any:
         pkg, _, name = ros_type.split("/")
         return getattr(__import__(f"{pkg}.msg", fromlist=[name]), name)
@@ -349,7 +358,7 @@ def make_node() -> Any:
                         f"{ev.last_policy_kind}"),
                 )
                 self.subs[s.name] = self.create_subscription(
-                    msg_class(s.ros_type), s.topic, lambda msg, n=s.name: self._on_message(n, msg),
+                    msg_class(s.ros_type), s.topic, lambda msg, info, n=s.name: self._on_message(n, msg, info),
                     recorder_sub_qos(s.reliable, latched=s.type == "bool" and s.mode == "latest"),
                     event_callbacks=events)
             self.create_service(Trigger, TOPICS.recorder_start, self._srv(lambda: self.rec.start(now_sec())))
@@ -362,14 +371,14 @@ def make_node() -> Any:
             logger.info(f"recorder: {len(settings.streams)} streams -> {settings.store} "
                         f"(clock '{settings.clock}' @ {settings.control_hz} Hz)")
 
-        def _on_message(self, name: str, msg: Any) -> None:
+        def _on_message(self, name: str, msg: Any, info: Any) -> None:
             t0 = time.thread_time()  # per-stream CPU of the callbacks (the executor's own work is not in it)
-            self._take(name, msg)
+            self._take(name, msg, info)
             if name in self.rec.cpu_s:
                 self.rec.cpu_s[name] += time.thread_time() - t0
 
-        def _take(self, name: str, msg: Any) -> None:
-            self.rec.on_message(name, msg, now_sec())
+        def _take(self, name: str, msg: Any, info: Any) -> None:
+            self.rec.on_message(name, msg, _received(info))
             # The executor takes one message per subscription per wait-set pass, at ~0.3 ms of Python
             # per pass; a 500 Hz stream on a busy machine then falls behind until DDS drops samples.
             # Take this stream's backlog here with the same call the executor uses.
@@ -379,7 +388,7 @@ def make_node() -> Any:
                     got = sub.handle.take_message(sub.msg_type, sub.raw)
                 if got is None:
                     return
-                self.rec.on_message(name, got[0], now_sec())
+                self.rec.on_message(name, got[0], _received(got[1]))
 
         def _srv(self, fn: Callable[[], tuple[bool, str]]) -> Callable[[Any, Any], Any]:
             def handler(_req: Any, resp: Any) -> Any:
@@ -399,11 +408,35 @@ def make_node() -> Any:
     return RecorderNode()
 
 
+def batching_executor(pause_s: float | None = None) -> Any:
+    """A single-threaded executor that pauses ``pause_s`` after each callback.
+
+    Why: every wake-up of rclpy's Python executor costs ~0.3-0.5 ms (wait-set rebuild), and a 500 Hz
+    stream wakes it 500 times a second: most of the recorder's CPU. Pausing lets messages queue in
+    the KEEP_ALL readers (nothing is lost) and each callback drains its backlog in one go; alignment
+    goes by stamps, so a few ms of extra delay change nothing. ``RLSTACK_RECORDER_PAUSE_S`` (default
+    0.01, which halved the recorder's CPU in benchmarks/bench_recorder.py; 0 = rclpy's plain executor)."""
+    import os
+
+    from rclpy.executors import SingleThreadedExecutor
+
+    pause = float(os.environ.get("RLSTACK_RECORDER_PAUSE_S", "0.01")) if pause_s is None else pause_s
+
+    class BatchingExecutor(SingleThreadedExecutor):
+        def spin(self) -> None:
+            while self._context.ok() and not self._is_shutdown:
+                self.spin_once()
+                if pause > 0:
+                    time.sleep(pause)
+
+    return BatchingExecutor()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: ``python -m ros_nodes.recorder --ros-args -p store:=… -p streams:=[…]``."""
     from ros_nodes.common import run_node_main
 
-    return run_node_main(make_node, argv)
+    return run_node_main(make_node, argv, executor_factory=batching_executor)
 
 
 if __name__ == "__main__":

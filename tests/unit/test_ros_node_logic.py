@@ -137,3 +137,26 @@ def test_recorder_commits_discards_and_survives_bad_messages(tmp_path) -> None:
     np.testing.assert_array_equal(ep["camera_front"][:, 0, 0, 0], np.arange(10))
     raw, raw_t = store.read_stream(0, "joint_pos")  # keep_raw: every joint sample, not only the steps
     assert raw.shape == (10, 7) and np.all(np.diff(raw_t) > 0)
+
+
+def test_recorder_reports_a_silent_driver_and_the_real_reason_for_an_empty_episode(tmp_path) -> None:
+    streams = [StreamConfig("joint", "/joint_states", "joint_state", rate_hz=10.0, names=JOINTS),
+               StreamConfig("camera_front", "/camera/front/image_raw", "image", height=8, width=8)]
+    logs: list[str] = []
+    rec = Recorder(RecorderSettings(store=str(tmp_path / "s.zarr"), streams=streams, task="t"),
+                   log=lambda level, text: logs.append(f"{level}: {text}"))
+    t0 = 1_700_000_000.0
+    assert rec.start(t0)[0]
+    rec.poll(t0 + 5.0)  # nothing has published yet: not "stopped", but "no message since the start"
+    assert not any("stopped publishing" in line for line in logs)
+    assert any("camera_front" in line and "no message in the 5.0 s since the episode started" in line for line in logs)
+    for k in range(5):  # joints come, with a wrong joint name, then the camera never does
+        joint, _img, _a = _msgs(t0 + 5 + 0.1 * k, k)
+        joint.name = [*JOINTS[:6], "elbow"]
+        rec.on_message("joint", joint, t0 + 5 + 0.1 * k)
+    ok, msg = rec.stop()
+    assert not ok
+    reason = json.loads(msg)["error"]
+    assert "clock stream 'joint'" in reason and "lacks joint names ['joint7']" in reason, reason
+    assert sum("rejected message" in line and "lacks joint names" in line for line in logs) == 1  # per kind: 1 line, not 5
+    rec.close()
