@@ -48,3 +48,15 @@ def test_run_reports_bad_config_without_starting_anything(capsys) -> None:
     assert "episodes=-1" in capsys.readouterr().err
     assert run(parser.parse_args(["--print-config", "task=push"])) == 0
     assert "task: push" in capsys.readouterr().out
+
+
+def test_operator_status_line() -> None:
+    from ros_nodes.collect import status_line
+
+    assert "waiting for the recorder" in status_line({})
+    assert "idle (2 committed)" in status_line({"recording": False, "committed": 2})
+    line = status_line({"recording": True, "committed": 2, "steps": 41, "stalled": ["camera_front"], "streams": {
+        "joint": {"rate_hz": 499.7, "dropped": 0, "missing_steps": 0, "align_err_max_ms": 0.0},
+        "camera_front": {"rate_hz": 29.9, "dropped": 3, "missing_steps": 2, "align_err_max_ms": 12.34}}})
+    assert line == ("episode 2 REC | steps 41 | joint 500 Hz | camera_front 30 Hz drop 5 | align 12.3 ms"
+                    " | STALLED camera_front")
