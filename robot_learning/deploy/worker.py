@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from robot_learning.policies.base import Policy, PolicySpec, warm_up
+from robot_learning.policies.base import ChunkResult, Policy, PolicySpec, warm_up
 
 
 class PolicyWorkerError(RuntimeError):
@@ -44,9 +44,16 @@ class GivenPolicy:
         return self.policy
 
 
-def _serve(conn: Any, factory: Callable[[], Policy]) -> None:
+def _serve(conn: Any, factory: Callable[[], Policy], threads: int = 0) -> None:
     """Child process: build the policy, then answer (kind, id, payload) requests until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle; it closes this process
+    if threads > 0:
+        try:  # torch's intra-op pool spins on every core; next to the robot's processes it starves them
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
     try:
         _answer(conn, factory)
     except (BrokenPipeError, EOFError, OSError):  # the node is gone: nothing left to serve
@@ -69,8 +76,8 @@ def _answer(conn: Any, factory: Callable[[], Policy]) -> None:
         try:
             if kind == "infer":
                 t = time.perf_counter()
-                actions = np.asarray(policy.predict_chunk(payload))
-                conn.send(("chunk", rid, actions, (time.perf_counter() - t) * 1e3))
+                result = policy.predict_chunk_with_info(payload)  # info (e.g. steering scores) goes back too
+                conn.send(("chunk", rid, np.asarray(result.actions), (time.perf_counter() - t) * 1e3, result.info))
             elif kind == "sample":  # K candidate chunks in one round trip (value-guided steering)
                 t = time.perf_counter()
                 obs, k = payload
@@ -93,6 +100,7 @@ class ProcessPolicy(Policy):
         self.factory = factory
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
+        self.threads = threads
         self._ctx = mp.get_context("spawn")
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -115,7 +123,8 @@ class ProcessPolicy(Policy):
             raise ValueError(f"policy.isolation=process: the policy cannot be sent to a child process "
                              f"({type(exc).__name__}: {exc}); make it picklable or use isolation=thread") from exc
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.factory), name="policy-worker", daemon=True)
+        proc = self._ctx.Process(target=_serve, args=(child, self.factory, self.threads), name="policy-worker",
+                                 daemon=True)
         proc.start()
         child.close()
         try:
@@ -186,10 +195,14 @@ class ProcessPolicy(Policy):
 
     def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
         """One chunk ``(horizon, action_dim)`` computed in the child process."""
+        return self.predict_chunk_with_info(obs_history).actions
+
+    def predict_chunk_with_info(self, obs_history: dict[str, np.ndarray]) -> ChunkResult:
+        """The child's chunk with its policy's info (``Policy.predict_chunk_with_info``)."""
         self.spec.check_obs_history(obs_history)
         reply = self._request("infer", {k: np.asarray(obs_history[k]) for k in self.spec.obs_shapes})
         self.last_infer_ms = float(reply[3])
-        return reply[2]
+        return ChunkResult(reply[2], dict(reply[4]) if len(reply) > 4 else {})
 
     def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
         """``k`` candidate chunks ``(k, horizon, action_dim)`` from the child in one request."""
