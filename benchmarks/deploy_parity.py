@@ -21,6 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RLSTACK = [sys.executable, "-m", "robot_learning.cli"]
 DOMAIN_ID = 150 + os.getpid() % 80  # not the default domain 0 other graphs on this machine use
 
+# how each labelled checkpoint was trained (printed with the table)
+RECIPES = {
+    "bc_lift": "`rlstack sim demos --task lift --episodes 50 --quality 1.0 --out lift.zarr image_size=32`, then "
+               "`rlstack train policy=bc task=lift task.image_size=32 data.store=lift.zarr train.steps=3000 "
+               "train.batch_size=64` (the demo's recipe with sim-generated demos; ~4 min of CPU)",
+}
+
 # name -> (what is reverted, overrides that revert it); "all fixes" is the default configuration
 ABLATION: dict[str, tuple[str, list[str]]] = {
     "all": ("none (defaults: all fixes)", []),
@@ -33,6 +40,8 @@ ABLATION: dict[str, tuple[str, list[str]]] = {
     "reset_legacy": ("episode reset while the sim runs (first observation thrown away)", ["reset_mode=legacy"]),
     "replan_early": ("re-plan one step early from an older observation", ["deploy.history.replan=early"]),
     "crossfade": ("crossfade blending over 3 ticks (the old default)", ["deploy.scheduler.blend=crossfade"]),
+    "threads_default": ("policy child process on torch's default thread count (every core)",
+                        ["deploy.policy.threads=0"]),
     "legacy": ("every fix reverted (the issue's setting)",
                ["deploy.history.align=at_or_before", "deploy.history.reference=newest",
                 "deploy.scheduler.index=nearest", "deploy.tick_phase=free", "reset_mode=legacy",
@@ -133,7 +142,7 @@ def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_st
         seeds = list(range(seed, seed + episodes))
         direct = direct_row(ckpt, task, episodes, seed, max_steps, out)
         lo, hi = wilson_interval(direct["k"], direct["n"])
-        variants = [("node (child process)", "all", False)] + ([("node + `rlstack serve`", "serve", True)] if serve else [])
+        variants = [("node (child process)", "node", False)] + ([("node + `rlstack serve`", "serve", True)] if serve else [])
         rows.append([label, "direct `rlstack eval`", format_rate(direct["k"], direct["n"], seeds), "-", "-", "-",
                      _load(direct["load"])])
         for text, name, srv in variants:
@@ -153,9 +162,15 @@ def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_st
                             "same outcome per seed", "obs->first action p50, ms", "1-min load at start"], rows)
     abl = markdown_table(["row", "reverted", "overrides", "node success (Wilson 95% CI, seeds)",
                           "late-dropped actions", "stale-observation holds", "1-min load at start"], abl_rows)
-    return (f"{table}\n\nSame seeds {seed}-{seed + episodes - 1}, step limit {max_steps}, dr none. Node rows: "
+    recipes = " ".join(f"`{k}`: {RECIPES[k]}." for k in checkpoints if k in RECIPES)
+    return (f"{table}\n\n{recipes}\n\nSame seeds {seed}-{seed + episodes - 1}, step limit {max_steps}, dr none. Node rows: "
             "`rlstack deploy` with its defaults (sim_robot in real time on its own timer, policy node with the "
             "policy in a child process; `store=none` so only the policy is measured). obs->first action: capture "
             "stamp of an observation -> the first /action tick computed from it.\n\n"
             f"Ablation on `{ablate}` (each fix reverted alone, everything else at the defaults):\n\n{abl}\n\n"
+            "Rows whose load reads 'not recorded' were measured (same commands) before the benchmark kept a "
+            "load per row, between 21:40 and 22:20 UTC, while `uptime` read 1-min loads of 6.6-11.6 on the 2 "
+            "cores; the `legacy` and `crossfade` rows ran on the code before the fixes / before blend=latest "
+            "became the default (same settings as their overrides). Late-dropped actions and holds grow with "
+            "the load (a starved child process misses the period), so compare them within similar loads.\n\n"
             f"{load_note(load_before)}")

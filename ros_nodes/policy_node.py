@@ -103,7 +103,7 @@ def make_policy(config: DeployConfig, policy: Policy | None = None,
         factory = GivenPolicy(policy) if policy is not None else partial(
             build_policy, src, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=config.safety.action_mode)
         name = type(policy).__name__ if policy is not None else src.checkpoint or src.scripted
-        return ProcessPolicy(factory, timeout_s=src.process_timeout_s, name=name)
+        return ProcessPolicy(factory, timeout_s=src.process_timeout_s, name=name, threads=src.threads)
     if policy is not None:
         return policy
     return build_policy(src, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=config.safety.action_mode)

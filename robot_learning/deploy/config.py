@@ -38,6 +38,9 @@ class PolicySourceConfig:
     # inference cannot delay the control thread (see deploy/worker.py); "thread" = in the node's process.
     isolation: str = "process"
     process_timeout_s: float = 30.0  # isolation=process: longest wait for one prediction (then an error, hold)
+    # isolation=process: torch threads of the child (1: as direct eval; the robot's processes share the cores);
+    # 0 = torch's default (every core)
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATION_MODES:

@@ -96,7 +96,7 @@ class ProcessPolicy(Policy):
     """A :class:`Policy` whose ``predict_chunk`` runs in a child process built by ``factory``."""
 
     def __init__(self, factory: Callable[[], Policy], timeout_s: float = 5.0, start_timeout_s: float = 120.0,
-                 name: str = "") -> None:
+                 name: str = "", threads: int = 0) -> None:
         self.factory = factory
         self.timeout_s = timeout_s
         self.start_timeout_s = start_timeout_s
