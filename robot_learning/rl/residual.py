@@ -51,7 +51,7 @@ BASE_ACTION_KEY = "base_action"  # replay column / store key of the base's plann
 class ResidualConfig:
     """The residual actor's architecture (stored as the composite's ``policy_config``)."""
 
-    lowdim_keys: list[str] = field(default_factory=lambda: ["ee_pose", "gripper"])
+    lowdim_keys: list[str] | None = None  # None: every low-dim input of the base (resolved when built)
     cameras: list[str] = field(default_factory=list)  # small trained conv encoders (empty: low-dim only)
     camera_channels: int = 16
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
@@ -80,11 +80,12 @@ class ResidualFeatures(nn.Module):
 
     def __init__(self, spec: PolicySpec, config: ResidualConfig) -> None:
         super().__init__()
-        missing = [k for k in [*config.lowdim_keys, *config.cameras] if k not in spec.obs_shapes]
+        lowdim_keys = spec.lowdim_keys if config.lowdim_keys is None else config.lowdim_keys
+        missing = [k for k in [*lowdim_keys, *config.cameras] if k not in spec.obs_shapes]
         if missing:
             raise ValueError(f"residual: observation keys {missing} are not inputs of the base policy "
                              f"(it has {sorted(spec.obs_shapes)})")
-        self.lowdim_keys, self.cameras = list(config.lowdim_keys), list(config.cameras)
+        self.lowdim_keys, self.cameras = list(lowdim_keys), list(config.cameras)
         self.convs = nn.ModuleDict({c: _ConvEncoder(config.camera_channels) for c in self.cameras})
         lowdim = sum(int(np.prod(spec.obs_shapes[k])) for k in self.lowdim_keys)
         self.dim = lowdim + len(self.cameras) * config.camera_channels + spec.action_dim
@@ -123,7 +124,8 @@ class ResidualHook:
         self.keys = [*config.lowdim_keys, *config.cameras]
         self.explore_std = 0.0  # Gaussian exploration in normalized units (actor loop only)
         self.rng = np.random.default_rng(0)
-        self.last_residual = np.zeros(0)
+        self.last_residual = np.zeros(0)  # what the latest step added (diagnostics, replay)
+        self.last_planned = np.zeros(0)
 
     @torch.inference_mode()
     def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
@@ -134,7 +136,7 @@ class ResidualHook:
                          torch.from_numpy(base)[None].to(self.device))[0].cpu().numpy()
         if self.explore_std > 0:
             delta = delta + self.explore_std * self.rng.standard_normal(delta.shape).astype(np.float32)
-        self.last_residual = delta
+        self.last_residual, self.last_planned = delta, base
         return np.clip(base + delta, self.config.low, self.config.high).astype(np.float32)
 
     def reset(self) -> None:
@@ -148,7 +150,10 @@ class ResidualPolicy(WrapperPolicy):
     config_cls = ResidualConfig
 
     def __init__(self, base: Policy, config: ResidualConfig | None = None, device: str | torch.device = "cpu") -> None:
-        super().__init__(base, config or ResidualConfig(), device)
+        config = copy.deepcopy(config or ResidualConfig())
+        if config.lowdim_keys is None:  # stored resolved, so the checkpoint says what the actor reads
+            config.lowdim_keys = list(base.spec.lowdim_keys)
+        super().__init__(base, config, device)
         if self.config.action_scale <= 0 or not self.config.low < self.config.high:
             raise ValueError(f"residual: need action_scale > 0 and low < high, got {self.config}")
         self.net = ResidualNet(self.spec, self.config).to(self.device).eval()
