@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("robot_learning.serve.cli", "serve a checkpoint over websocket (msgpack, no pickle)"),
     "deploy": ("ros_nodes.deploy", "run a policy as a real-time ROS 2 control node against a robot"),
     "arena": ("robot_learning.arena.cli", "double-blind pairwise A/B policy arena: serve, evaluate, leaderboard"),
+    "finetune": ("robot_learning.rl.finetune", "refine a frozen base policy with residual off-policy RL in sim (ResFiT)"),
     "demo": ("robot_learning.demo", "the whole loop in sim: collect, train, deploy, evaluate"),
 }
 
