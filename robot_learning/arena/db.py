@@ -31,6 +31,9 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        # pysqlite's default transaction handling is kept on purpose: reads run outside a transaction
+        # and a transaction begins at the first write, whose lock then waits out the busy timeout.
+        # Exactly-once votes do not rely on SQLite's locking but on the unique session/key constraints.
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
 
