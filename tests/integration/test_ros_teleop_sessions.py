@@ -149,3 +149,74 @@ def test_joy_topic_teleop_records_and_commits(rclpy_context, tmp_path) -> None:
         assert s.episode(i).success
         assert np.isclose(ep["action"][:, 0], 1.0).any() and np.isclose(ep["action"][:, 2], 0.5).any()
         assert (ep["action"][:, -1] == -1.0).any() and ep["intervention"].any()
+
+
+@pytest.mark.timeout(400)
+def test_external_robot_driven_by_a_twist_teleop_and_services(rclpy_context, tmp_path) -> None:
+    """The README's real-robot command with the sim robot standing in for the driver, driven by a
+    geometry_msgs/Twist teleop (teleop_twist_keyboard's topic) and the workflow services."""
+    import json
+
+    import rclpy
+    from geometry_msgs.msg import Twist
+    from std_msgs.msg import String
+    from std_srvs.srv import SetBool, Trigger
+
+    from ros_nodes.common import NodeProcess, call_service
+
+    driver = NodeProcess("ros_nodes.sim_robot", {
+        "task": "lift", "cameras": ["front"], "image_size": 32, "control_hz": 10.0, "dr": "none", "seed": 0,
+        "task_flags": [""], "autostart": True}, rclpy_context.env, tmp_path / "driver.log")
+    store = tmp_path / "real.zarr"
+    log = open(tmp_path / "collect.log", "w")  # noqa: SIM115
+    joints = "[" + ",".join(f"joint{i + 1}" for i in range(7)) + "]"
+    proc = subprocess.Popen([sys.executable, "-m", "robot_learning.cli", "collect", "robot=external", "teleop=twist",
+                             "task=lift", "episodes=1", f"store={store}", f"domain_id={rclpy_context.domain_id}",
+                             f"robot.joint_names={joints}", "robot.image_hw=[32,32]", "startup_timeout_s=120"],
+                            env=rclpy_context.env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    node = rclpy.create_node("test_twist_operator")
+    pub = node.create_publisher(Twist, "/cmd_vel", 10)
+    status: dict = {}
+    node.create_subscription(String, "/recorder/status", lambda m: status.update(json.loads(m.data)), 10)
+
+    def call(name: str, data: bool | None = None):
+        srv = Trigger if data is None else SetBool
+        return call_service(node.create_client(srv, name), srv.Request() if data is None else srv.Request(data=data),
+                            60, node=node)
+
+    def twist(vx: float, wz: float, seconds: float) -> None:
+        msg = Twist()
+        msg.linear.x, msg.angular.z = vx, wz
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # teleop_twist_* republish while a key / stick is held
+            pub.publish(msg)
+            rclpy.spin_once(node, timeout_sec=0.05)
+
+    try:
+        end = time.monotonic() + 180
+        while time.monotonic() < end and not ("committed" in status and pub.get_subscription_count() > 0):
+            rclpy.spin_once(node, timeout_sec=0.2)
+            assert proc.poll() is None, (tmp_path / "collect.log").read_text()
+        assert call("/recorder/start").success
+        twist(0.25, -0.5, 1.5)  # 0.25 m/s forward, turning: half of full scale
+        assert call("/teleop/gripper", False).success  # close
+        assert call("/teleop/intervention", True).success
+        twist(0.0, 0.0, 0.5)
+        assert call("/recorder/mark_success", True).success
+        resp = call("/recorder/stop")
+        assert resp.success, resp.message
+        assert proc.wait(60) == 0, (tmp_path / "collect.log").read_text()
+    finally:
+        node.destroy_node()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(30)
+        log.close()
+        driver.stop()
+    s = EpisodeStore.open(store, mode="r")
+    assert len(s) == 1 and s.episode(0).success
+    ep = s.read_episode(0)
+    assert np.isclose(ep["action"][:, 0], 0.5).any() and np.isclose(ep["action"][:, 3], -0.5).any()
+    assert (ep["action"][:, -1] == -1.0).any() and ep["intervention"].any()
+    raw, raw_t = s.read_stream(0, "joint_pos")  # robot=external keeps the driver's raw joint samples
+    assert raw.shape[1:] == (7,) and len(raw_t) >= s.episode(0).length
