@@ -14,8 +14,13 @@ steps. Every other stream is sampled at each step time by its header stamp:
   and the episode loses one step (counted in ``missing_steps``).
 - ``latest``: the newest sample at or before the step time (flags such as ``/intervention``).
 
-Bad samples (NaN, wrong size or encoding, missing or out-of-order stamps) are rejected with a
-``SampleError`` naming the stream and counted; they never stop the episode.
+Bad samples (NaN, wrong size or encoding, missing, out-of-order or future stamps, joint names that
+do not match the configured order) are rejected with a ``SampleError`` naming the stream, the reason
+and its figures (``kind`` says which problem, counted per kind); they never stop the episode. Shapes
+come from the configuration (``StreamConfig.declared_shapes``); a stream without one (a bare
+``--stream`` spec) is held until ``LOCK_SAMPLES`` consecutive samples agree, so no single first
+message decides. A stamp more than ``max_future_s`` ahead of the receive clock is rejected and never
+becomes the reference later samples are ordered against.
 """
 
 from __future__ import annotations
