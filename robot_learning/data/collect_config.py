@@ -98,8 +98,12 @@ class CollectConfig:
             raise ValueError(f"recorder.clock='{self.recorder.clock}' is not a recorded stream ({names})")
 
     def all_streams(self) -> list[StreamConfig]:
-        """Robot streams plus teleop streams."""
-        return [*self.robot.streams, *self.recorder.streams]
+        """Robot streams plus teleop streams (the sim robot's cameras follow ``robot.cameras``)."""
+        robot = self.robot.streams
+        if self.robot.kind == "sim":  # sim.yaml lists every sim camera; it publishes only robot.cameras
+            robot = [s for s in robot if not (s.type == "image" and s.name.startswith("camera_")
+                                              and s.name[len("camera_"):] not in self.robot.cameras)]
+        return [*robot, *self.recorder.streams]
 
 
 def load_config(overrides: list[str], graph: bool = True) -> tuple[CollectConfig, Any]:

@@ -60,3 +60,11 @@ def test_operator_status_line() -> None:
         "camera_front": {"rate_hz": 29.9, "dropped": 3, "missing_steps": 2, "align_err_max_ms": 12.34}}})
     assert line == ("episode 2 REC | steps 41 | joint 500 Hz | camera_front 30 Hz drop 5 | align 12.3 ms"
                     " | STALLED camera_front")
+
+
+def test_sim_camera_streams_follow_the_task_cameras() -> None:
+    from robot_learning.data.collect_config import load_config
+
+    cfg, _ = load_config(["task.cameras=[front]"])
+    names = [s.name for s in cfg.all_streams()]
+    assert "camera_front" in names and "camera_wrist" not in names
