@@ -399,7 +399,8 @@ def run_parity(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.no_write:
         print(body)
     else:
-        cmd = "python benchmarks/bench_deploy.py --parity " + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
+        cmd = ("python benchmarks/bench_deploy.py --parity " + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
+               + f" --episodes {args.episodes}")
         write_section("deploy_parity", "Deployment parity: direct eval vs the ROS 2 policy node", body, cmd)
     return 0
 
