@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
     method = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "residual")
     if method not in METHODS:
         raise ValueError(f"method={method}: choose from {', '.join(METHODS)}")
-    cfg = compose(f"rl/{method}", overrides)
+    # configs/task/ is a config group, so Hydra would read task=lift as a group choice: set these keys after
+    plain = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] in ("task", "robot")}
+    cfg = compose(f"rl/{method}", [o for o in overrides if o.split("=", 1)[0] not in plain])
+    for key, value in plain.items():
+        OmegaConf.update(cfg, key, value)
     parts = validate_parts(cfg, where=method)
     own = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in ("replay", "critic", "actor", "learner")}
     fc = to_dataclass(own, FinetuneConfig, where=method)
@@ -161,7 +166,8 @@ class _FirstCopy:
 class Finetuner:
     """State of one residual fine-tuning run (actor loop + learner + evaluation + checkpoints)."""
 
-    def __init__(self, cfg: FinetuneConfig, parts: RLParts) -> None:
+    def __init__(self, cfg: FinetuneConfig, parts: RLParts, base: Any = None, env: Any = None) -> None:
+        """``base``/``env`` replace the checkpoint and the sim env built from the config (tests, scripted bases)."""
         from robot_learning.data.store import EpisodeStore
         from robot_learning.eval.policy_agent import PolicyAgent
         from robot_learning.policies.checkpoint import load_policy
@@ -171,10 +177,10 @@ class Finetuner:
         self.cfg, self.parts = cfg, parts
         self.out = Path(cfg.out_dir)
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        self.base = load_policy(cfg.base, device=cfg.device, seed=cfg.seed)
+        self.base = base if base is not None else load_policy(cfg.base, device=cfg.device, seed=cfg.seed)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
         self.learner = ResidualLearner(self.policy, learner_settings(parts))
-        self.env = make_env(cfg, self.base.spec)
+        self.env = env if env is not None else make_env(cfg, self.base.spec)
         self.agent = PolicyAgent(self.policy)
         self.store = EpisodeStore.open(str(self.out / "online.zarr"), mode="a")
         self.filter = _FirstCopy()
@@ -315,7 +321,12 @@ class Finetuner:
 
     def _report(self, row: dict[str, Any], tb: Any) -> None:
         tb.add_scalar("eval/success", row["rate"], row["env_steps"])
-        self.policy.save(self.out / "policy.pt")
+        try:
+            self.policy.save(self.out / "policy.pt")
+        except NotImplementedError as exc:  # e.g. a scripted base: the residual is still in checkpoints/
+            if not getattr(self, "_warned_save", False):
+                warnings.warn(f"no composite policy.pt: {exc}", stacklevel=2)
+                self._warned_save = True
         write_csv(self.out / "eval.csv", self.eval_rows, EVAL_FIELDS)
         write_csv(self.out / "train.csv", self.train_rows)
         plot_curve(self.eval_rows, self.out / "curve.png", title=f"residual RL, {self.cfg.task}")

@@ -1,0 +1,99 @@
+"""Residual RL fine-tuning: learning curves of the runs under runs/finetune/ and the per-step cost.
+
+Reads each run folder's ``eval.csv`` (written by ``rlstack finetune``; runs are long and resumable,
+start or continue them with the ``command.sh`` in the folder), and measures the per-step cost the
+residual adds to inference (``ResidualPolicy.step_action``, ms) at the run's config. Writes the
+``finetune`` section of benchmarks/README.md and copies each run's curve to benchmarks/figures/.
+
+    python benchmarks/bench_finetune.py [--runs runs/finetune] [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _table import load_note, markdown_table, write_section  # noqa: E402
+
+FIGURES = Path(__file__).resolve().parent / "figures"
+
+
+def first_reaching(rows: list[dict[str, str]], level: float) -> str:
+    """Env steps (and wall-clock) of the first evaluation at or above ``level``, or '-'."""
+    for r in rows:
+        if float(r["rate"]) >= level:
+            return f"{int(r['env_steps'])} ({float(r['wall_s']) / 60:.0f} min)"
+    return "not reached"
+
+
+def step_cost_ms(run: Path, steps: int) -> tuple[float, float]:
+    """(median ms per ``step_action`` call, median ms per base ``predict_chunk``) for the run's composite."""
+    from robot_learning.policies.checkpoint import load_policy
+
+    policy = load_policy(run / "policy.pt")
+    spec = policy.spec
+    rng = np.random.default_rng(0)
+    hist = {k: (rng.integers(0, 255, (spec.n_obs_steps, *s), dtype=np.uint8) if len(s) == 3
+                else rng.standard_normal((spec.n_obs_steps, *s)).astype(np.float32)) for k, s in spec.obs_shapes.items()}
+    planned = np.zeros(spec.action_dim, np.float32)
+    hook, chunk = [], []
+    for _ in range(steps):
+        t = time.perf_counter()
+        policy.step_action(hist, planned, 0)
+        hook.append(time.perf_counter() - t)
+    for _ in range(max(10, steps // 10)):
+        t = time.perf_counter()
+        policy.predict_chunk(hist)
+        chunk.append(time.perf_counter() - t)
+    return 1e3 * float(np.median(hook)), 1e3 * float(np.median(chunk))
+
+
+def main() -> None:
+    """Tabulate every run folder with an eval.csv."""
+    import torch
+
+    torch.set_num_threads(1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", default="runs/finetune")
+    parser.add_argument("--steps", type=int, default=300, help="step_action calls timed per run")
+    args = parser.parse_args()
+    rows, notes = [], []
+    for run in sorted(p.parent for p in Path(args.runs).glob("*/eval.csv")):
+        evals = list(csv.DictReader(open(run / "eval.csv")))
+        if not evals:
+            continue
+        base, last = evals[0], evals[-1]
+        best = max(evals, key=lambda r: float(r["rate"]))
+        hook_ms, chunk_ms = step_cost_ms(run, args.steps) if (run / "policy.pt").exists() else (float("nan"),) * 2
+        rows.append([run.name, f"{base['successes']}/{base['n']} [{float(base['ci_low']):.2f}, {float(base['ci_high']):.2f}]",
+                     f"{last['successes']}/{last['n']} [{float(last['ci_low']):.2f}, {float(last['ci_high']):.2f}]",
+                     f"{float(best['rate']):.2f} @ {best['env_steps']}", last["env_steps"],
+                     f"{float(last['wall_s']) / 60:.0f}", first_reaching(evals, 0.9), first_reaching(evals, 0.95),
+                     f"{float(last['residual_mean_abs']):.3f}", f"{hook_ms:.2f}", f"{chunk_ms:.1f}"])
+        if (run / "curve.png").exists():
+            FIGURES.mkdir(exist_ok=True)
+            shutil.copy(run / "curve.png", FIGURES / f"finetune_{run.name}.png")
+            notes.append(f"![{run.name}](figures/finetune_{run.name}.png)")
+        cmd = run / "command.sh"
+        if cmd.exists():
+            notes.append(f"`{run.name}` ({run / 'command.sh'}):\n\n```\n{cmd.read_text().strip()}\n```")
+    header = ["run", "base only (k/n, Wilson 95 %)", "latest eval", "best rate @ env steps", "env steps",
+              "train wall min", "to 90 %", "to 95 %", "mean abs residual (normalized)", "step_action ms",
+              "base chunk ms"]
+    body = markdown_table(header, rows) if rows else "_No run with an eval.csv under runs/finetune yet._"
+    body += ("\n\nEvaluation: fixed unseen seeds (`eval_seed` ..), no exploration; the first row of each run's "
+             "eval.csv (env steps 0) is the base itself (zero-initialised residual). `step_action ms`: the residual's "
+             "per-executed-step cost on one thread; `base chunk ms`: one base inference.\n\n" + "\n\n".join(notes)
+             + "\n\n" + load_note())
+    write_section("finetune", "Residual RL fine-tuning (ResFiT-style) in sim", body, "python benchmarks/bench_finetune.py")
+
+
+if __name__ == "__main__":
+    main()
