@@ -129,9 +129,9 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
             result = fn(ev)
         except ArenaError as exc:
             db.rollback()
-            services.audit(factory, ev_id, action, target, exc.status, {"error": exc.message[:500]})
+            services.audit(db, ev_id, action, target, exc.status, {"error": exc.message[:500]})
             raise
-        services.audit(factory, ev_id, action, target, 200, {})
+        services.audit(db, ev_id, action, target, 200, {})
         return result
 
     app.state.write, app.state.token_of, app.state.get_db = write, token_of, get_db

@@ -126,13 +126,13 @@ class RateLimiter:
             hits.append(now)
 
 
-def audit(db_factory: Any, evaluator_id: int | None, action: str, target: str, status: int,
+def audit(db: Session, evaluator_id: int | None, action: str, target: str, status: int,
           detail: dict[str, Any]) -> None:
-    """Append one audit entry in its own transaction (refused requests are logged too)."""
-    with db_factory() as db:
-        db.add(AuditEntry(evaluator_id=evaluator_id, action=action, target=target[:100], status=status,
-                          detail=detail))
-        db.commit()
+    """Append one audit entry in a transaction of its own on the request's session (after the request's
+    own commit or rollback, so a refused request is logged too and no second connection is needed)."""
+    db.rollback()  # end whatever read transaction the response building opened
+    db.add(AuditEntry(evaluator_id=evaluator_id, action=action, target=target[:100], status=status, detail=detail))
+    db.commit()
 
 
 # -- admin ------------------------------------------------------------------------------------------
