@@ -60,6 +60,7 @@ class ArenaSettings:
     n_boot: int = 200
     max_body_bytes: int = 64 * 1024
     seed: int | None = None
+    video_dir: str = "data/arena_videos"  # episode videos are served from under this folder only
 
     def validate(self) -> ArenaSettings:
         """Raise ValueError naming the bad setting."""

@@ -114,9 +114,12 @@ def add_pages(app: FastAPI) -> None:
         s = services.own_session(db, ev, ep.session_id)
         if s.state != "voted":
             raise ArenaError(403, "videos are shown after the vote")
-        if not Path(ep.video).is_file():
+        path, root = Path(ep.video).resolve(), Path(settings.video_dir).resolve()
+        if not path.is_relative_to(root):  # the path came from a client: never serve files outside the folder
+            raise ArenaError(403, f"video of episode {episode_id} is outside the arena's video folder")
+        if not path.is_file():
             raise ArenaError(404, f"video file of episode {episode_id} is not on this server")
-        return FileResponse(ep.video, media_type="video/mp4")
+        return FileResponse(path, media_type="video/mp4")
 
     @app.get("/ui/leaderboard", response_class=HTMLResponse, include_in_schema=False)
     def board(request: Request, task: str | None = None, db: Session = Depends(get_db)) -> HTMLResponse:

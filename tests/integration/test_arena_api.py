@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from robot_learning.arena.app import create_app
 from robot_learning.arena.db import make_engine
-from robot_learning.arena.models import AuditEntry, Base, Vote
+from robot_learning.arena.models import ArenaEpisode, AuditEntry, Base, Vote
 from robot_learning.arena.services import ArenaSettings, create_evaluator
 from robot_learning.policies.base import Policy, PolicySpec
 from robot_learning.serve.client import PolicyServerError, RemotePolicy
@@ -162,6 +162,8 @@ def test_double_blind_session_vote_and_reveal(arena: LiveArena) -> None:
         assert s["reveal"] is None and {x["slot"] for x in s["slots"]} == {"A", "B"}
         assert other.get(f"/api/sessions/{sid}").status_code == 403
         assert other.post(f"/api/sessions/{sid}/vote", json=vote_body("bob-key-1")).status_code == 403
+        r = c.post(f"/api/sessions/{sid}/episodes", json={"slot": "A", "success": True, "video": "/etc/passwd"})
+        assert r.status_code == 200
         first = c.post(f"/api/sessions/{sid}/vote", json=vote_body("ann-key-1"))
         assert first.status_code == 200 and first.json()["replayed"] is False
         assert set(first.json()["reveal"].values()) == {"secret-policy-0", "secret-policy-1"}
@@ -169,12 +171,18 @@ def test_double_blind_session_vote_and_reveal(arena: LiveArena) -> None:
         assert replay.status_code == 200 and replay.json()["replayed"] and replay.json()["vote_id"] == first.json()["vote_id"]
         assert c.post(f"/api/sessions/{sid}/vote", json=vote_body("ann-key-2")).status_code == 409
         assert c.get(f"/api/sessions/{sid}").json()["reveal"] == first.json()["reveal"]
+        with arena.app.state.factory() as db:
+            ep_id = db.scalar(select(ArenaEpisode.id).where(ArenaEpisode.session_id == sid))
+        with httpx.Client(base_url=arena.url, cookies={"arena_token": ann}) as browser:
+            r = browser.get(f"/ui/episodes/{ep_id}/video")  # a client-supplied path outside the video folder
+        assert r.status_code == 403 and "root:" not in r.text
         board = c.get("/api/leaderboard").json()
         assert board["n_votes"] == 1 and sum(r["comparisons"] for r in board["rows"]) == 2
     with arena.app.state.factory() as db:
         assert db.scalar(select(func.count(Vote.id))) == 1
         actions = [a.action for a in db.scalars(select(AuditEntry))]
         assert actions.count("vote") == 4  # accepted, replayed, refused (another key) and bob's refusal
+        assert actions.count("episode") == 1
 
 
 def test_bad_input_gets_clear_4xx(arena: LiveArena) -> None:
