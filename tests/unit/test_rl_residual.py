@@ -137,3 +137,31 @@ def test_nan_batch_is_refused() -> None:
 def test_bad_observation_key_is_named() -> None:
     with pytest.raises(ValueError, match="joint_vel"):
         ResidualPolicy(LinearBase(), ResidualConfig(lowdim_keys=["joint_vel"]))
+
+
+def test_composite_round_trip_in_a_fresh_process(tmp_path) -> None:
+    """A trained-looking residual (camera encoder included) saves as one file that load_policy rebuilds."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from robot_learning.policies.checkpoint import ModelPolicy
+    from tests.unit.test_policy_models import _model, _obs_history
+
+    policy = ResidualPolicy(ModelPolicy(_model("bc"), seed=1), ResidualConfig(cameras=["camera_front"], hidden_dims=[16]))
+    with torch.no_grad():
+        for p in policy.net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    policy.save(tmp_path / "res.pt")
+    obs = _obs_history()
+    chunk = policy.predict_chunk(obs)
+    want = np.stack([policy.step_action(obs, chunk[i], i) for i in range(3)])
+    assert not np.allclose(want, chunk[:3])  # the residual acts
+    code = ("import json, numpy as np, sys; from robot_learning.policies import load_policy; "
+            "from tests.unit.test_policy_models import _obs_history; p = load_policy(sys.argv[1]); o = _obs_history(); "
+            "c = p.predict_chunk(o); print(json.dumps(np.stack([p.step_action(o, c[i], i) for i in range(3)]).tolist()))")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "res.pt")], capture_output=True, text=True,
+                         cwd=root, check=True).stdout
+    assert np.allclose(np.array(json.loads(out)), want, atol=1e-6)
