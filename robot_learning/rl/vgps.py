@@ -173,6 +173,7 @@ class VGPSPolicy(WrapperPolicy):
         self.task = task
         self.rng = np.random.default_rng(self.config.seed)
         self._warned_deterministic = False
+        self._identical = 0
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """The critic's weights."""
@@ -227,7 +228,10 @@ class VGPSPolicy(WrapperPolicy):
         if chunks.shape[0] != self.config.k:
             raise ValueError(f"vgps: base returned {chunks.shape[0]} candidates, asked for {self.config.k}")
         spread = float(np.abs(chunks - chunks[:1]).max()) if len(chunks) > 1 else 0.0
-        if len(chunks) > 1 and spread <= self.config.deterministic_tol:
+        # identical candidates once can be chance (all K from one mode); three re-plans in a row is a
+        # deterministic base
+        self._identical = self._identical + 1 if len(chunks) > 1 and spread <= self.config.deterministic_tol else 0
+        if self._identical >= 3:
             self._warn_deterministic()
         scores = self.score(obs_history, chunks)
         i = self.choose(scores)

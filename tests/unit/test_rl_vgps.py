@@ -100,6 +100,10 @@ def test_a_deterministic_base_is_detected() -> None:
     pol = _steered("bc", k=4)
     with pytest.warns(UserWarning, match="deterministic"):
         assert not pol.check_stochastic(_obs_history())
+    pol = _steered("bc", k=4)
+    with pytest.warns(UserWarning, match="deterministic"):  # at run time: three identical re-plans in a row
+        for _ in range(3):
+            pol.predict_chunk(_obs_history())
     stochastic = _steered("bc_gmm", k=4)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
