@@ -29,13 +29,14 @@ import torch
 from robot_learning.config import to_dataclass
 from robot_learning.rl.actors import UTDSchedule
 from robot_learning.rl.config import RLParts, validate_parts
-from robot_learning.rl.replay import EpisodeFilter, MixedReplay, ReplaySource, planned_actions
+from robot_learning.rl.replay import EpisodeFilter, MixedReplay, ReplaySource
 from robot_learning.rl.residual import (
     BASE_ACTION_KEY,
     LearnerSettings,
     ResidualConfig,
     ResidualLearner,
     ResidualPolicy,
+    base_step_actions,
 )
 from robot_learning.stats import wilson_interval
 
@@ -203,7 +204,7 @@ class Finetuner:
         if self.cfg.demos:
             if not Path(self.cfg.demos).exists() and "://" not in self.cfg.demos:
                 raise FileNotFoundError(f"demos={self.cfg.demos}: no such episode store")
-            relabel = planned_actions(self.base, seed=self.cfg.seed)  # target residual = demo - base
+            relabel = base_step_actions(self.base, seed=self.cfg.seed)  # target residual = demo - base
             sources["demo"] = ReplaySource(self.cfg.demos, derived={BASE_ACTION_KEY: relabel}, name="demo",
                                            filter=EpisodeFilter(success=True), **common)
             if len(sources["demo"]) == 0:

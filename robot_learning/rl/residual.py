@@ -177,12 +177,34 @@ class ResidualPolicy(WrapperPolicy):
 
     def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
                     step_in_chunk: int) -> np.ndarray:
-        """Base's planned action plus the residual for the newest observation."""
+        """The base's action for this step (its own hook first, e.g. a perturbed base) plus the residual."""
+        if self.base.has_step_hook:
+            planned_action = self.base.step_action(obs_history, planned_action, step_in_chunk)
         return self.hook.step_action(obs_history, planned_action, step_in_chunk)
 
-    def step_hook(self) -> ResidualHook:
+    def step_hook(self) -> ResidualHook | _ChainedHook:
         """The residual without the base (runs in the control process under deploy isolation)."""
-        return self.hook
+        inner = self.base.step_hook() if self.base.has_step_hook else None
+        return self.hook if inner is None else _ChainedHook(inner, self.hook)
+
+
+@dataclass
+class _ChainedHook:
+    """The base's own per-step hook, then the residual's (a residual on a wrapper base)."""
+
+    inner: Any
+    outer: ResidualHook
+
+    def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
+                    step_in_chunk: int) -> np.ndarray:
+        """Inner first, then the residual."""
+        return self.outer.step_action(obs_history, self.inner.step_action(obs_history, planned_action, step_in_chunk),
+                                      step_in_chunk)
+
+    def reset(self) -> None:
+        """Both."""
+        self.inner.reset()
+        self.outer.reset()
 
 
 # ---------------------------------------------------------------------------------------- learning
@@ -311,6 +333,27 @@ class _Detached(nn.Module):
         return self.net(self.obs, base_action)
 
 
+def base_step_actions(base: Policy, n_action_steps: int | None = None, seed: int = 0) -> Any:
+    """A replay derived column: the base's action at every stored step as it would execute it (chunks
+    open-loop as the agents run them, reset per episode; then the base's own per-step hook, if any)."""
+    plan = planned_actions(base, n_action_steps, seed=seed)
+    if not base.has_step_hook:
+        return plan
+    spec, back = base.spec, np.arange(base.spec.n_obs_steps - 1, -1, -1)
+    n_exec = int(n_action_steps or spec.n_action_steps)
+
+    def column(info: Any, steps: Mapping[str, np.ndarray]) -> np.ndarray:
+        planned = plan(info, steps)  # resets and reseeds the base for this episode
+        out = np.empty_like(planned)
+        for t in range(info.length):
+            hist = {k: steps[k][np.maximum(t - back, 0)] for k in spec.obs_shapes}
+            out[t] = base.step_action(hist, planned[t], t % n_exec)
+        return out
+
+    column.inputs = plan.inputs  # type: ignore[attr-defined]
+    return column
+
+
 def relabel_residuals(base: Policy, episode: Mapping[str, np.ndarray], index: int = 0, seed: int = 0,
                       n_action_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(base's planned action, target residual = demo - base) for every frame of one demo episode.
@@ -322,7 +365,7 @@ def relabel_residuals(base: Policy, episode: Mapping[str, np.ndarray], index: in
     length = len(episode["action"])
     info = EpisodeInfo(index=index, start=0, end=length, length=length, meta=EpisodeMeta(), success=True,
                        start_time=0.0, duration=0.0, uid="", streams={})
-    planned = planned_actions(base, n_action_steps, seed=seed)(info, episode)
+    planned = base_step_actions(base, n_action_steps, seed=seed)(info, episode)
     return planned, np.asarray(episode["action"], dtype=np.float32) - planned
 
 

@@ -165,3 +165,22 @@ def test_composite_round_trip_in_a_fresh_process(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "res.pt")], capture_output=True, text=True,
                          cwd=root, check=True).stdout
     assert np.allclose(np.array(json.loads(out)), want, atol=1e-6)
+
+
+def test_residual_on_a_wrapper_base_runs_the_base_hook_first() -> None:
+    """A residual on a perturbed base sees (and at zero-init executes) the base's offset action; relabelling too."""
+    from robot_learning.policies.perturbed import PerturbedPolicy
+
+    offset = np.array([0.3, 0.0, -0.2, 0.0])
+    biased = PerturbedPolicy(LinearBase(), offset=offset)
+    policy = ResidualPolicy(biased, ResidualConfig())
+    rng = np.random.default_rng(2)
+    planned = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    assert np.allclose(policy.step_action(history(rng), planned, 0), planned + offset, atol=1e-6)
+    assert np.allclose(policy.step_hook().step_action(history(rng), planned, 0), planned + offset, atol=1e-6)
+    ep = {"ee_pose": rng.standard_normal((4, 7)).astype(np.float32), "gripper": np.zeros((4, 1), np.float32),
+          "action": np.zeros((4, 4), np.float32)}
+    plain, _ = relabel_residuals(LinearBase(), ep)
+    shifted, target = relabel_residuals(biased, ep)
+    assert np.allclose(shifted, np.clip(plain + offset, -1, 1), atol=1e-6)
+    assert np.allclose(target, -shifted, atol=1e-6)
