@@ -74,8 +74,13 @@ def load_config(overrides: list[str]) -> CriticTrainConfig:
 
     from robot_learning.config import compose
 
-    cfg = to_dataclass(OmegaConf.to_container(compose("rl/critic", overrides)), CriticTrainConfig, "critic")
-    return validate(cfg)
+    # configs/task is a config group, so Hydra reads task=<name> as a group choice: set it after composing
+    task = [o.split("=", 1)[1] for o in overrides if o.startswith("task=")]
+    rest = [o for o in overrides if not o.startswith("task=")]
+    plain = OmegaConf.to_container(compose("rl/critic", rest))
+    if task:
+        plain["task"] = task[-1]
+    return validate(to_dataclass(plain, CriticTrainConfig, "critic"))
 
 
 def validate(cfg: CriticTrainConfig) -> CriticTrainConfig:

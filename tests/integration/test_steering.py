@@ -91,7 +91,8 @@ def success(policy: Policy, seeds: range) -> int:
 def train_toy_critic(tmp: Path, algo: str = "calql", steps: int = 1000, episodes: int = 200):
     """Collect the base's episodes and train a critic on them; returns the TrainResult."""
     data = str(tmp / f"toy_{algo}.zarr")
-    collect(data, HalfBadBase(1), episodes, seed=0)
+    if not Path(data).exists():  # a benchmark re-run resumes on the same data
+        collect(data, HalfBadBase(1), episodes, seed=0)
     cfg = CriticTrainConfig(base="-", data=[data], out_dir=str(tmp / f"critic_{algo}"), algo=algo, steps=steps,
                             batch_size=256, n_step=SPEC.n_action_steps, gamma=0.98, progress=False, task="toy",
                             net=CriticNetConfig(ensemble={"n_heads": 2, "hidden_dims": [128, 128], "target_subset": 2}))
