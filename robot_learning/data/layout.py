@@ -35,6 +35,8 @@ SOURCES = ("teleop", "policy", "intervention", "scripted", "arena")
 STEP_SCHEMA = {"reward": np.float32, "done": np.bool_, "terminal": np.bool_, "intervention": np.bool_,
                "control_source": np.uint8}
 CONTROL_SOURCES = ("policy", "human", "hold", "estop")
+# Keys of STEP_SCHEMA hold one value per step (shape ()); ``done`` may be true on the last step only,
+# ``terminal`` only where ``done`` is. Stores written before ``control_source`` existed stay readable.
 STEP_STAMPED = ("action", "reward", "done", "terminal", "intervention", "control_source")
 IMAGE_PREFIX = "camera_"
 IMAGE_CODECS = ("jpeg", "lossless")
@@ -47,6 +49,29 @@ FLUSH_BYTES = 64 << 20
 
 class StoreError(Exception):
     """Bad input or a damaged/missing store; the message names the key, step or episode."""
+
+
+def schema_step(
+    reward: float = 0.0, done: bool = False, terminal: bool = False, intervention: bool = False,
+    control_source: str | int = "policy",
+) -> dict[str, np.ndarray]:
+    """The STEP_SCHEMA fields of one step, typed as the store holds them (``control_source`` by name or code)."""
+    if isinstance(control_source, str):
+        if control_source not in CONTROL_SOURCES:
+            raise StoreError(f"control_source {control_source!r} is not one of {CONTROL_SOURCES}")
+        code = CONTROL_SOURCES.index(control_source)
+    else:
+        code = int(control_source)
+        if not 0 <= code < len(CONTROL_SOURCES) or code != control_source:
+            raise StoreError(f"control_source code {control_source!r} is not one of 0..{len(CONTROL_SOURCES) - 1} "
+                             f"({', '.join(CONTROL_SOURCES)})")
+    if terminal and not done:
+        raise StoreError("terminal=True needs done=True (a terminal state ends the episode)")
+    r = np.float32(reward)
+    if math.isfinite(reward) and not math.isfinite(r):
+        raise StoreError(f"reward {reward!r} overflows float32")
+    return {"reward": np.asarray(r), "done": np.asarray(bool(done)), "terminal": np.asarray(bool(terminal)),
+            "intervention": np.asarray(bool(intervention)), "control_source": np.asarray(code, dtype=np.uint8)}
 
 
 @dataclass
@@ -151,8 +176,9 @@ def probe(zstore: zarr.abc.store.Store) -> str:
         root = zarr.open_group(zstore, mode="r", zarr_format=3)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         async def _any_key() -> bool:
-            async for _ in zstore.list():
-                return True
+            async for key in zstore.list():
+                if key != ".writer.lock" and not key.endswith(".partial"):  # ours: a lock taken before creation
+                    return True
             return False
 
         return "foreign" if sync(_any_key()) else "empty"
@@ -163,16 +189,32 @@ def probe(zstore: zarr.abc.store.Store) -> str:
     return "foreign" if list(root.keys()) or root.attrs.asdict() else "foreign-empty"
 
 
-def create_store(zstore: zarr.abc.store.Store, image_codec: str, jpeg_quality: int) -> None:
-    root = zarr.create_group(zstore, overwrite=True, attributes={
+def create_store(zstore: zarr.abc.store.Store, image_codec: str, jpeg_quality: int,
+                 allow_nonfinite: tuple[str, ...] = ()) -> None:
+    _clear(zstore)
+    root = zarr.create_group(zstore, attributes={
         "robot_learning_store": {"schema_version": SCHEMA_VERSION, "image_codec": image_codec,
-                                 "jpeg_quality": int(jpeg_quality), "created": time.time(),
+                                 "jpeg_quality": int(jpeg_quality), "allow_nonfinite": sorted(allow_nonfinite),
+                                 "created": time.time(),
                                  "created_by": f"robot_learning {uuid.uuid4().hex[:8]}"},
         "schema": {},
     })
     root.create_group("meta", attributes={"index": empty_index()})
     zarr.create_array(zstore, name="meta/episode_ends", shape=(0,), chunks=(65536,), dtype=np.int64,
                       fill_value=0)
+
+
+def _clear(zstore: zarr.abc.store.Store) -> None:
+    """Remove everything but the writer lock (zarr's own overwrite deletes the lock file too, and a
+    second writer would then lock a new file: two writers)."""
+    async def run() -> None:
+        async for entry in zstore.list_dir(""):
+            if entry == ".writer.lock":
+                continue
+            await zstore.delete_dir(entry)
+            await zstore.delete(entry)
+
+    sync(run())
 
 
 def create_step_arrays(zstore: zarr.abc.store.Store, config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,7 @@ from robot_learning.data.store import (
     STAMP_PREFIX,
     EpisodeStore,
     StoreError,
-    is_url,
-    local_path,
+    partial_files,
 )
 from robot_learning.stats import format_rate
 
@@ -51,9 +49,7 @@ def _array_names(store: EpisodeStore) -> dict[str, int]:
 
 def _partial_files(store: EpisodeStore) -> list[Path]:
     """Temp files a killed local writer can leave (zarr writes to *.partial then renames)."""
-    if is_url(store.uri):
-        return []
-    return sorted(local_path(store.uri).rglob("*.partial"))
+    return partial_files(store.uri)
 
 
 def _present_chunks(store: EpisodeStore, name: str) -> set[int]:
@@ -134,17 +130,14 @@ def repair(store: EpisodeStore) -> list[str]:
     """Trim uncommitted tails, rewrite the episode_ends mirror, remove temp files; returns what was done."""
     if store.read_only:
         raise StoreError(f"{store.uri}: opened read-only; repair needs mode 'a'")
-    actions: list[str] = []
+    actions: list[str] = list(store.opened_cleanup)  # what opening the store for writing already did
     with store._locked():
         store.refresh()
-        actions += [f"trimmed {t}" for t in store._trim_to(store.data_end)]
+        actions += store._clean_after_killed_writer()
         ends = [e.end for e in store.episodes()]
         if list(store.array("meta/episode_ends")[:]) != ends:
             store._write_index(store._index)
             actions.append("rewrote meta/episode_ends from the index")
-        for p in _partial_files(store):
-            os.unlink(p)
-            actions.append(f"removed {p}")
     return actions
 
 

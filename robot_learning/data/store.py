@@ -32,6 +32,7 @@ import copy
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ import zarr.storage
 from zarr.core.sync import sync
 
 from robot_learning.data.layout import (  # noqa: F401  (constants re-exported for callers)
+    CONTROL_SOURCES,
     FLUSH_BYTES,
     FLUSH_STEPS,
     IMAGE_CODECS,
@@ -48,6 +50,7 @@ from robot_learning.data.layout import (  # noqa: F401  (constants re-exported f
     SCHEMA_VERSION,
     SOURCES,
     STAMP_PREFIX,
+    STEP_SCHEMA,
     STEP_STAMPED,
     EpisodeInfo,
     EpisodeMeta,
@@ -62,6 +65,7 @@ from robot_learning.data.layout import (  # noqa: F401  (constants re-exported f
     local_path,
     probe,
     read_attrs,
+    schema_step,
 )
 from robot_learning.data.writer import EpisodeWriter
 
@@ -69,13 +73,14 @@ from robot_learning.data.writer import EpisodeWriter
 class EpisodeStore:
     """An episode store; open with ``EpisodeStore.open``."""
 
-    def __init__(self, uri: str, zstore: zarr.abc.store.Store, read_only: bool) -> None:
+    def __init__(self, uri: str, zstore: zarr.abc.store.Store, read_only: bool, lock_file: Any = None) -> None:
         self.uri = uri
         self._zstore = zstore
         self.read_only = read_only
         self._arrays: dict[str, zarr.Array] = {}
         self._writer: EpisodeWriter | None = None
-        self._lock_file: Any = None
+        self._lock_file: Any = lock_file  # the writer lock, held from open until close
+        self.opened_cleanup: list[str] = []  # what opening for writing cleaned up after a killed writer
         attrs = read_attrs(zstore, "")
         self.config: dict[str, Any] = dict(attrs["robot_learning_store"])  # type: ignore[arg-type]
         if self.config.get("schema_version") != SCHEMA_VERSION:
@@ -93,17 +98,22 @@ class EpisodeStore:
         image_codec: str | None = None,
         storage_options: dict[str, Any] | None = None,
         jpeg_quality: int = 90,
+        allow_nonfinite: Sequence[str] | None = None,
     ) -> EpisodeStore:
         """Open ``uri`` (path or fsspec URL): mode "r" read-only, "a" create-or-append, "w" overwrite.
 
-        ``image_codec`` ("jpeg" or "lossless") applies when the store is created; an existing store
-        keeps the codec recorded in its attributes.
+        A local store opened with "a" or "w" is this process's to write until ``close()``: a second
+        writer (any process, or another handle here) is refused at open, between episodes too, and
+        "w" never wipes a store someone else holds. ``image_codec`` ("jpeg" or "lossless") and
+        ``allow_nonfinite`` (keys / stream names that may hold NaN/inf; every other float value must be
+        finite) apply when the store is created and are recorded in it.
         """
         uri = str(uri)
         if mode not in ("r", "a", "w"):
             raise ValueError(f"mode must be 'r', 'a' or 'w', got {mode!r}")
         if image_codec is not None and image_codec not in IMAGE_CODECS:
             raise ValueError(f"image_codec must be one of {IMAGE_CODECS}, got {image_codec!r}")
+        allowed = _allowed_keys(allow_nonfinite)
         if is_url(uri):
             zstore = zarr.storage.FsspecStore.from_url(
                 uri, storage_options=storage_options, read_only=(mode == "r"))
@@ -119,10 +129,23 @@ class EpisodeStore:
             raise StoreError(f"{uri}: refusing to overwrite something that is not an episode store")
         if state == "foreign" or (state != "store" and mode == "r"):
             raise StoreError(f"{uri}: not an episode store (no robot_learning_store attributes in zarr.json)")
-        if mode == "w" or state in ("empty", "foreign-empty"):
-            with _overwrite_guard(uri, state):
-                create_store(zstore, image_codec or "jpeg", jpeg_quality)
-        return cls(uri, zstore, read_only=(mode == "r"))
+        lock = None if mode == "r" else _acquire_writer_lock(uri, overwrite=(mode == "w" and state == "store"))
+        try:
+            state = probe(zstore)  # again, under the lock: another writer may have created it meanwhile
+            if mode == "w" or state in ("empty", "foreign-empty"):
+                create_store(zstore, image_codec or "jpeg", jpeg_quality, allowed or ())
+            store = cls(uri, zstore, read_only=(mode == "r"), lock_file=lock)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        if allow_nonfinite is not None and allowed != store.allow_nonfinite:
+            store.close()
+            raise StoreError(f"{uri}: allow_nonfinite={sorted(allowed or ())} but the store was created with "
+                             f"{sorted(store.allow_nonfinite)} (fixed at creation)")
+        if lock is not None:
+            store.opened_cleanup = store._clean_after_killed_writer()
+        return store
 
     # ---------------------------------------------------------------- index
     def refresh(self) -> None:
@@ -163,6 +186,11 @@ class EpisodeStore:
     def image_codec(self) -> str:
         """'jpeg' or 'lossless', fixed at creation."""
         return str(self.config["image_codec"])
+
+    @property
+    def allow_nonfinite(self) -> frozenset[str]:
+        """Keys and stream names that may hold NaN/inf (fixed at creation; none by default)."""
+        return frozenset(self.config.get("allow_nonfinite") or ())
 
     @property
     def keys(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -249,9 +277,16 @@ class EpisodeStore:
         arrays = self.open_arrays(list(ends), min_rows=ends)
 
         async def read_all() -> list[Any]:
-            return await asyncio.gather(*[arrays[n].async_array.getitem(slice(a, b)) for n, a, b in requests])
+            # every read runs to its end before the first failure is raised: a failure that left the
+            # others pending made asyncio log "Task was destroyed but it is pending" for each of them
+            return await asyncio.gather(*[arrays[n].async_array.getitem(slice(a, b)) for n, a, b in requests],
+                                        return_exceptions=True)
 
-        return [np.asarray(x) for x in sync(read_all())]
+        out = sync(read_all())
+        for (name, a, b), x in zip(requests, out, strict=True):
+            if isinstance(x, BaseException):
+                raise StoreError(f"{self.uri}: {name} rows [{a}, {b}) unreadable: {type(x).__name__}: {x}") from x
+        return [np.asarray(x) for x in out]
 
     def read_rows(self, key: str, start: int, end: int) -> np.ndarray:
         """Rows [start, end) of data/<key> (or of stamps/<k> for key "stamp/<k>")."""
@@ -293,15 +328,11 @@ class EpisodeStore:
             raise StoreError(f"{self.uri}: opened read-only (mode='r')")
         if self._writer is not None:
             raise StoreError(f"{self.uri}: an episode is already being written; commit or discard it first")
+        self._check_writable()
         meta.validate()
-        self._acquire_lock()
-        try:
-            self.refresh()
-            self._arrays.clear()  # the writer needs the current shapes, not cached ones
-            self._trim_to(self.data_end)  # drop tails left by a crashed writer before appending
-        except BaseException:
-            self._release_lock()
-            raise
+        self.refresh()
+        self._arrays.clear()  # the writer needs the current shapes, not cached ones
+        self._trim_to(self.data_end)  # drop tails a discard or a crash left before appending
         self._writer = EpisodeWriter(self, meta)
         return self._writer
 
@@ -380,20 +411,11 @@ class EpisodeStore:
         return trimmed
 
     # ---------------------------------------------------------------- writer lock
-    def _acquire_lock(self) -> None:
-        """One writer at a time. Local stores: an flock, released by the kernel if the writer dies.
-        Remote stores have no lock primitive; one writer per store is the caller's responsibility."""
-        if is_url(self.uri):
-            return
-        import fcntl
-
-        f = open(local_path(self.uri) / ".writer.lock", "a+")  # noqa: SIM115 (held until release)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            f.close()
-            raise StoreError(f"{self.uri}: another writer holds the store (.writer.lock)") from exc
-        self._lock_file = f
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.uri}: opened read-only (mode='r')")
+        if self._lock_file is None and not is_url(self.uri):
+            raise StoreError(f"{self.uri}: this handle no longer holds the writer lock (closed); open the store again")
 
     def _release_lock(self) -> None:
         if self._lock_file is not None:
@@ -402,14 +424,22 @@ class EpisodeStore:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Maintenance between episodes (the writer lock is held since open)."""
         if self._writer is not None:
             raise StoreError(f"{self.uri}: an episode is being written; commit or discard it first")
-        self._acquire_lock()
+        self._check_writable()
         self._arrays.clear()
-        try:
-            yield
-        finally:
-            self._release_lock()
+        yield
+
+    def _clean_after_killed_writer(self) -> list[str]:
+        """Under a fresh writer lock: trim uncommitted tails and remove zarr's ``*.partial`` temp files,
+        which only a killed writer leaves (no other writer can be running now)."""
+        done = [f"trimmed {t}" for t in self._trim_to(self.data_end)]
+        for p in partial_files(self.uri):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                done.append(f"removed {p}")
+        return done
 
     def _create_arrays(self, schema: dict[str, Any]) -> None:
         """Create data/ and stamps/ arrays for a new schema (only while no episode is committed)."""
@@ -420,6 +450,14 @@ class EpisodeStore:
         create_stream_arrays(self._zstore, name, shape, dtype)
         streams = dict(self._schema.get("streams", {}))
         streams[name] = {"shape": list(shape), "dtype": np.dtype(dtype).str}
+        self._set_schema(dict(self._schema, streams=streams))
+
+    def _drop_streams(self, names: Sequence[str]) -> None:
+        """Forget streams nothing committed uses (a discarded episode's new ones)."""
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                sync(self._zstore.delete_dir(f"streams/{name}"))
+        streams = {k: v for k, v in self._schema.get("streams", {}).items() if k not in names}
         self._set_schema(dict(self._schema, streams=streams))
 
     def _set_schema(self, schema: dict[str, Any]) -> None:
@@ -445,20 +483,47 @@ class EpisodeStore:
 
 
 
-@contextlib.contextmanager
-def _overwrite_guard(uri: str, state: str) -> Iterator[None]:
-    """mode 'w' on a local store that a live writer holds is refused instead of wiping its episode."""
-    if state != "store" or is_url(uri):
-        yield
-        return
+def _allowed_keys(keys: Sequence[str] | None) -> frozenset[str] | None:
+    if keys is None:
+        return None
+    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys):
+        raise ValueError(f"allow_nonfinite must be a sequence of key names, got {keys!r}")
+    return frozenset(keys)
+
+
+def _acquire_writer_lock(uri: str, overwrite: bool) -> Any:
+    """The writer lock of a local store: an flock on ``.writer.lock`` (the kernel drops it if the
+    writer dies), recording the holder's pid for the refusal message. Remote stores have no lock
+    primitive: one writer per store is the caller's responsibility there."""
+    if is_url(uri):
+        return None
     import fcntl
 
-    with open(local_path(uri) / ".writer.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            raise StoreError(f"{uri}: another writer holds the store; not overwriting it") from exc
-        yield
+    path = local_path(uri)
+    path.mkdir(parents=True, exist_ok=True)
+    f = open(path / ".writer.lock", "a+")  # noqa: SIM115 (held until close)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        holder += " (this process: close the other handle first)" if holder == str(os.getpid()) else ""
+        what = "not overwriting it" if overwrite else "one writer per store; open it with mode='r' to read"
+        raise StoreError(f"{uri}: another writer holds the store (.writer.lock, pid {holder}); {what}") from exc
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
-__all__ = ["EpisodeStore", "EpisodeMeta", "EpisodeInfo", "EpisodeWriter", "StoreError", "SOURCES"]
+def partial_files(uri: str) -> list[Path]:
+    """Temp files a killed local writer can leave (zarr writes ``<name>.<uuid>.partial``, then renames)."""
+    if is_url(uri):
+        return []
+    return sorted(local_path(uri).rglob("*.partial"))
+
+
+__all__ = ["EpisodeStore", "EpisodeMeta", "EpisodeInfo", "EpisodeWriter", "StoreError", "SOURCES", "STEP_SCHEMA",
+           "CONTROL_SOURCES", "schema_step"]

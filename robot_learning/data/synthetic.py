@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from robot_learning.data.store import EpisodeMeta, EpisodeStore, EpisodeWriter
+from robot_learning.data.store import EpisodeMeta, EpisodeStore, EpisodeWriter, schema_step
 
 
 def synthetic_frame(rng: np.random.Generator, t: int, height: int, width: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def synthetic_step(
     rng: np.random.Generator, t: int, cameras: Sequence[str] = ("front",), hw: tuple[int, int] = (48, 64),
     dof: int = 7,
 ) -> dict[str, np.ndarray | float | bool]:
-    """One control step with every standard key."""
+    """One control step with every standard key and the full step schema (``done`` False: see write_episode)."""
     step: dict[str, np.ndarray | float | bool] = {f"camera_{c}": synthetic_frame(rng, t + i, *hw)
                                                   for i, c in enumerate(cameras)}
     step["joint_pos"] = (np.sin(np.arange(dof) + 0.1 * t) + 0.01 * rng.standard_normal(dof)).astype(np.float32)
@@ -41,10 +41,9 @@ def synthetic_step(
     step["ee_pose"] = rng.standard_normal(7).astype(np.float32)
     step["gripper"] = np.float32(rng.uniform())
     step["action"] = rng.standard_normal(dof).astype(np.float32)
-    step["reward"] = float(rng.uniform())
-    step["done"] = False
-    step["terminal"] = False
-    step["intervention"] = bool(rng.uniform() < 0.1)
+    intervention = bool(rng.uniform() < 0.1)
+    step.update(schema_step(reward=float(rng.uniform()), intervention=intervention,
+                            control_source="human" if intervention else "policy"))
     return step
 
 
@@ -58,6 +57,8 @@ def write_episode(
     t0 = time.time() if t0 is None else t0
     for t in range(length):
         step = synthetic_step(rng, t, cameras, hw)
+        if t == length - 1:  # the last step ends the episode; a success is a true terminal state
+            step.update(done=np.asarray(True), terminal=np.asarray(bool(success)))
         tick = t0 + 0.1 * t
         stamps = {k: tick - 0.004 * (i + 1) for i, k in enumerate(step) if k.startswith("camera_")}
         stamps.update({"step": tick, "joint_pos": tick - 0.001, "joint_vel": tick - 0.001, "ee_pose": tick - 0.002,

@@ -143,15 +143,19 @@ def test_non_store_paths(tmp_path):
 
 
 def test_second_writer_is_refused(store, tmp_path):
-    other = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
-    w = store.begin_episode(EpisodeMeta(task="lift"))
-    with pytest.raises(StoreError, match="another writer"):
-        other.begin_episode(EpisodeMeta(task="lift"))
+    with pytest.raises(StoreError, match=r"another writer holds the store \(.writer.lock, pid \d+ \(this process"):
+        EpisodeStore.open(tmp_path / "s.zarr", mode="a")
     with pytest.raises(StoreError, match="not overwriting"):
         EpisodeStore.open(tmp_path / "s.zarr", mode="w")
+    w = store.begin_episode(EpisodeMeta(task="lift"))
     w.discard()
-    assert len(EpisodeStore.open(tmp_path / "s.zarr", mode="r")) == 3
+    assert len(EpisodeStore.open(tmp_path / "s.zarr", mode="r")) == 3  # readers are never refused
+    store.close()
+    with pytest.raises(StoreError, match="no longer holds the writer lock"):
+        store.begin_episode(EpisodeMeta(task="lift"))
+    other = EpisodeStore.open(tmp_path / "s.zarr", mode="a")  # released at close
     other.begin_episode(EpisodeMeta(task="lift")).discard()
+    other.close()
 
 
 def test_high_rate_stream(tmp_path):
@@ -196,6 +200,7 @@ def test_jpeg_codec_roundtrip(tmp_path):
     ref = synthetic_step(np.random.default_rng(1), 0)["camera_front"]
     assert frame.shape == ref.shape
     assert np.abs(frame.astype(int) - ref).mean() < 6  # lossy but close
+    s.close()
     assert EpisodeStore.open(tmp_path / "j.zarr", mode="a", image_codec="lossless").image_codec == "jpeg"
 
 
