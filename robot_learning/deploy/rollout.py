@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from robot_learning.data.layout import CONTROL_SOURCES, STEP_SCHEMA
+from robot_learning.data.layout import schema_step
 
 
 @dataclass
@@ -50,12 +50,8 @@ class _Episode:
 
 def step_fields(source: str, intervention: bool, done: bool = False, terminal: bool = False,
                 reward: float = 0.0) -> dict[str, np.ndarray]:
-    """The STEP_SCHEMA fields of one step (``control_source`` as its code)."""
-    if source not in CONTROL_SOURCES:
-        raise ValueError(f"control_source '{source}' is not one of {CONTROL_SOURCES}")
-    values = {"reward": reward, "done": done, "terminal": terminal, "intervention": intervention,
-              "control_source": CONTROL_SOURCES.index(source)}
-    return {k: np.asarray(values[k], dtype=dt) for k, dt in STEP_SCHEMA.items()}
+    """The STEP_SCHEMA fields of one step, built by the store's own helper (StoreError on a bad source)."""
+    return schema_step(reward=reward, done=done, terminal=terminal, intervention=intervention, control_source=source)
 
 
 class RolloutRecorder:

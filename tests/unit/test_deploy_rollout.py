@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from robot_learning.data.layout import CONTROL_SOURCES, STEP_SCHEMA
+from robot_learning.data.layout import CONTROL_SOURCES, STEP_SCHEMA, StoreError
 from robot_learning.data.store import EpisodeStore
 from robot_learning.deploy.controller import PolicyController
 from robot_learning.deploy.rollout import RolloutConfig, RolloutRecorder, step_fields
@@ -30,7 +30,7 @@ def test_step_fields_follow_the_store_schema() -> None:
     f = step_fields("hold", intervention=False)
     assert set(f) == set(STEP_SCHEMA) and f["control_source"] == CONTROL_SOURCES.index("hold")
     assert all(f[k].dtype == np.dtype(dt) for k, dt in STEP_SCHEMA.items())
-    with pytest.raises(ValueError, match="control_source 'robot'"):
+    with pytest.raises(StoreError, match="control_source 'robot'"):
         step_fields("robot", intervention=False)
 
 
