@@ -315,6 +315,8 @@ class Finetuner:
                 next_eval = (self.env_steps // self.cfg.eval_every + 1) * self.cfg.eval_every
                 self._report(self.evaluate(), tb)
                 bar.set_postfix(success=f"{self.eval_rows[-1]['rate']:.2f}")
+            elif self.episodes % 10 == 0:  # progress between evaluations (the resume state holds every row)
+                write_csv(self.out / "train.csv", self.train_rows)
             self.save()
         bar.close()
         tb.close()
