@@ -4,16 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-unit test-integration lint demo bench clean
+.PHONY: install lock test test-unit test-integration lint demo bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins the whole tested set, so a fresh machine months from now installs what CI tested.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[ros,dev]"
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[ros,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-pin constraints.txt from the current venv (after adding or upgrading a dependency).
+lock: install
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu$$//' | grep -v '^-e ' > constraints.txt.new
+	{ head -2 constraints.txt; cat constraints.txt.new; } > constraints.tmp && mv constraints.tmp constraints.txt && rm constraints.txt.new
 
 lint: install
 	$(VENV)/bin/ruff check .
