@@ -67,7 +67,8 @@ def schema_step(
                              f"({', '.join(CONTROL_SOURCES)})")
     if terminal and not done:
         raise StoreError("terminal=True needs done=True (a terminal state ends the episode)")
-    r = np.float32(reward)
+    with np.errstate(over="ignore"):
+        r = np.float32(reward)
     if math.isfinite(reward) and not math.isfinite(r):
         raise StoreError(f"reward {reward!r} overflows float32")
     return {"reward": np.asarray(r), "done": np.asarray(bool(done)), "terminal": np.asarray(bool(terminal)),

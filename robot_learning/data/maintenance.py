@@ -112,18 +112,39 @@ def validate(store: EpisodeStore, deep: bool = False) -> ValidationReport:
         report.warnings.append(f"leftover temp file {p} (repair removes it)")
     if deep:
         for e in tqdm(store.episodes(), desc="decode episodes", disable=len(store) < 20):
-            try:
-                ep = store.read_episode(e.index)
-            except Exception as exc:  # noqa: BLE001 (report every unreadable episode, keep going)
-                report.errors.append(f"episode {e.index}: unreadable: {exc}")
-                continue
-            step = ep[STAMP_PREFIX + "step"]
-            if np.any(np.diff(step) < 0):
-                report.errors.append(f"episode {e.index}: stamp/step goes backwards")
-            for key, v in ep.items():
-                if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
-                    report.warnings.append(f"episode {e.index}: key {key!r} holds NaN/inf")
+            _check_episode(store, e, report)
     return report
+
+
+def _check_episode(store: EpisodeStore, e: Any, report: ValidationReport) -> None:
+    """Decode one episode and check what the writer guarantees: finite values (unless allowed), stamps
+    that never go backwards, ``done`` on the last step only. Stores written before these checks
+    existed (no ``allow_nonfinite`` attribute) get warnings for them instead of errors."""
+    legacy = "allow_nonfinite" not in store.config
+    flag = report.warnings if legacy else report.errors
+    try:
+        ep = store.read_episode(e.index)
+        streams = {s: store.read_stream(e.index, s) for s in e.streams}
+    except Exception as exc:  # noqa: BLE001 (report every unreadable episode, keep going)
+        report.errors.append(f"episode {e.index}: unreadable: {exc}")
+        return
+    allowed = store.allow_nonfinite
+    for key, v in ep.items():
+        if key.startswith(STAMP_PREFIX):
+            if np.any(np.diff(v) < 0):
+                report.errors.append(f"episode {e.index}: {key} goes backwards at step "
+                                     f"{int(np.flatnonzero(np.diff(v) < 0)[0]) + 1}")
+        elif v.dtype.kind == "f" and key not in allowed and not np.all(np.isfinite(v)):
+            step = int(np.flatnonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0])
+            flag.append(f"episode {e.index}: key {key!r} holds NaN/inf (first at step {step})")
+    for name, (values, stamps) in streams.items():
+        if np.any(np.diff(stamps) < 0):
+            report.errors.append(f"episode {e.index}: stream {name!r} stamps go backwards")
+        if values.dtype.kind == "f" and name not in allowed and not np.all(np.isfinite(values)):
+            flag.append(f"episode {e.index}: stream {name!r} holds NaN/inf")
+    done = ep.get("done")
+    if done is not None and done.ndim == 1 and np.any(done[:-1]):
+        flag.append(f"episode {e.index}: done=True before the last step (step {int(np.flatnonzero(done[:-1])[0])})")
 
 
 def repair(store: EpisodeStore) -> list[str]:

@@ -84,10 +84,12 @@ def exact_cast(value: Any, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
         return None, f"is a float; the store holds {dtype}"
     elif not typed and src.kind in "iu" and kind == "b":
         return None, f"is an int; the store holds {dtype}"
-    out = arr.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is what the checks below detect
+        out = arr.astype(dtype)
     if src.kind in "iu" and kind == "f":
         finite = np.isfinite(out)
-        back = np.where(finite, out, 0).astype(src)
+        with np.errstate(over="ignore", invalid="ignore"):  # a float past src's range compares unequal below
+            back = np.where(finite, out, 0).astype(src)
         if not finite.all() or not np.array_equal(back, arr):
             i = int(np.flatnonzero((~finite) | (back != arr))[0])
             return None, f"integer {arr.reshape(-1)[i]} is not exactly representable in {dtype}"
@@ -97,8 +99,10 @@ def exact_cast(value: Any, dtype: np.dtype) -> tuple[np.ndarray | None, str]:
             err = np.abs(out.astype(np.float64) - x)
             bad = np.isfinite(x) & ((~np.isfinite(out)) | (err > np.finfo(dtype).eps * np.abs(x)))
         if bad.any():
-            v = x.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])]
-            return None, f"value {v!r} does not fit {dtype} (it would become {dtype.type(v)!r})"
+            v = float(x.reshape(-1)[int(np.flatnonzero(bad.reshape(-1))[0])])
+            with np.errstate(over="ignore", under="ignore"):
+                became = float(dtype.type(v))
+            return None, f"value {v!r} does not fit {dtype} (it would become {became!r})"
     return out, ""
 
 
@@ -194,8 +198,8 @@ class EpisodeWriter:
         back = np.flatnonzero(np.diff(np.concatenate([[self._stream_last.get(name, -math.inf)], t])) < 0)
         if len(back):
             i = int(back[0])
-            prev = t[i - 1] if i else self._stream_last[name]
-            raise StoreError(f"{where}: stamps go backwards at sample {i} ({t[i]!r} < {prev!r})")
+            prev = float(t[i - 1] if i else self._stream_last[name])
+            raise StoreError(f"{where}: stamps go backwards at sample {i} ({float(t[i])!r} < {prev!r})")
         if v.dtype.kind not in "biuf":
             raise StoreError(f"{where}: unsupported dtype {v.dtype}")
         store = self._store
