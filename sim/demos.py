@@ -48,7 +48,7 @@ def generate_demos(
     Every step stores the observation (with the capture stamp of each stream), the action taken, the
     sparse reward and the done flag; episode metadata records the seed, quality and randomization.
     """
-    from robot_learning.data.store import EpisodeMeta, EpisodeStore
+    from robot_learning.data.store import EpisodeMeta, EpisodeStore, schema_step
     from sim import make_expert, make_robot
 
     if episodes <= 0:
@@ -78,8 +78,10 @@ def generate_demos(
                     robot.act(action)
                     steps += 1
                     success = robot.success()
+                    done = success or steps >= cfg.max_steps  # a time-out is a truncation (done, not terminal)
                     writer.append(
-                        {**obs.data, "action": action, "reward": np.float32(success), "done": bool(success)},
+                        {**obs.data, "action": action,
+                         **schema_step(reward=float(success), done=done, terminal=success, control_source="policy")},
                         {**obs.stamps, "step": tick},
                     )
                     obs = robot.observe()
