@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,8 +193,12 @@ class VGPSPolicy(WrapperPolicy):
         self.rng = np.random.default_rng([self.config.seed, int(seed) & 0xFFFFFFFF])
 
     def reseed_from(self, obs_history: dict[str, np.ndarray]) -> None:
-        """Content-seed the base; the selection stream follows the base's seed."""
+        """Content-seed the base and the selection noise (softmax / random choice)."""
         super().reseed_from(obs_history)
+        crc = 0
+        for key in sorted(obs_history):
+            crc = zlib.crc32(np.ascontiguousarray(obs_history[key]).tobytes(), crc)
+        self.rng = np.random.default_rng([self.config.seed, crc])
 
     @torch.inference_mode()
     def score(self, obs_history: Mapping[str, np.ndarray], chunks: np.ndarray) -> np.ndarray:
