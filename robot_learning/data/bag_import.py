@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robot_learning.data.streams import MODES, STREAM_TYPES
+
 
 @dataclass
 class BagImportResult:
@@ -44,10 +46,8 @@ def import_bag(
     success: bool = False,
 ) -> BagImportResult:
     """Align one rosbag2 bag and commit it to ``store`` as one episode; bad messages are counted, skipped."""
-    from rosbags.highlevel import AnyReader
-
-    from robot_learning.data.store import EpisodeMeta
-    from robot_learning.data.alignment import EpisodeAligner, SampleError, decode
+    from robot_learning.data.alignment import EpisodeAligner
+    from robot_learning.data.store import StoreError
 
     bag = Path(bag)
     if not bag.exists():
@@ -55,6 +55,25 @@ def import_bag(
     by_topic = {s.topic: s for s in streams}
     aligner = EpisodeAligner(streams, clock, control_hz, max_wait_s=float("inf"))
     examples: list[str] = []
+    try:
+        return _import(bag, store, streams, by_topic, aligner, clock, control_hz, task, source, operator,
+                       success_topic, success, examples)
+    except (ValueError, FileNotFoundError, StoreError):
+        raise
+    except Exception as exc:  # rosbags' AnyReaderError, CDR deserialization errors, a truncated file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{bag}: not a readable rosbag2 bag ({type(exc).__name__}: {first[:200]})") from exc
+
+
+def _import(bag: Path, store: Any, streams: Sequence[Any], by_topic: dict[str, Any], aligner: Any, clock: str,
+            control_hz: float, task: str, source: str, operator: str, success_topic: str, success: bool,
+            examples: list[str]) -> BagImportResult:
+    """The import proper (``import_bag`` turns reader failures into one-line errors)."""
+    from rosbags.highlevel import AnyReader
+
+    from robot_learning.data.alignment import SampleError, decode
+    from robot_learning.data.store import EpisodeMeta
+
     final_success = success
     with AnyReader([bag]) as reader:
         present = {c.topic: c for c in reader.connections}
@@ -67,7 +86,8 @@ def import_bag(
             if c is not None and c.msgtype != s.ros_type:
                 raise ValueError(f"{bag}: topic {s.topic} has type {c.msgtype}, stream '{s.name}' expects {s.ros_type}")
         if missing:
-            print(f"{bag}: warning: topics not in the bag: {missing} (their steps are dropped)", file=sys.stderr)
+            raise ValueError(f"{bag}: the bag lacks topic(s) {missing} that the configuration records (bag topics: "
+                             f"{sorted(present)}); pass --stream NAME=/TOPIC:TYPE for the ones it has")
         wanted = [c for t, c in present.items() if t in by_topic or t == success_topic]
         meta = EpisodeMeta(task=task, source=source, operator=operator,
                            rates={"step": control_hz, **{k: s.rate_hz for s in streams for k in s.keys if s.rate_hz > 0}},
@@ -75,7 +95,11 @@ def import_bag(
         writer = store.begin_episode(meta)
         try:
             for conn, log_ns, raw in reader.messages(connections=wanted):
-                msg = reader.deserialize(raw, conn.msgtype)
+                try:
+                    msg = reader.deserialize(raw, conn.msgtype)
+                except Exception as exc:  # noqa: BLE001 (a corrupt payload: the bag is bad, say where)
+                    raise ValueError(f"{bag}: message on {conn.topic} at log time {log_ns * 1e-9:.3f} cannot be "
+                                     f"deserialized as {conn.msgtype} ({type(exc).__name__}); the bag is corrupt") from exc
                 t = log_ns * 1e-9
                 if conn.topic == success_topic:
                     final_success = bool(msg.data)
@@ -120,7 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overrides of configs/collect.yaml that pick the topic mapping, e.g. robot=external "
                              "recorder.clock=joint task=lift")
     parser.add_argument("--stream", action="append", default=[], metavar="NAME=/TOPIC:TYPE[:MODE:RATE:HxW]",
-                        help="record exactly these streams instead of the config's (repeatable)")
+                        help="record exactly these streams instead of the config's (repeatable); TYPE is one of "
+                             f"{', '.join(STREAM_TYPES)}; MODE one of {', '.join(MODES)}")
     parser.add_argument("--clock", default=None, help="clock stream name (default: the config's recorder.clock)")
     parser.add_argument("--control-hz", type=float, default=None, help="control rate (default: the config's)")
     parser.add_argument("--success-topic", default="", help="std_msgs/Bool topic whose last value is the success flag")
@@ -133,9 +158,9 @@ def run(args: argparse.Namespace) -> int:
     """Import each bag; print one line per bag with steps, rejected messages and alignment error."""
     from tqdm import tqdm
 
-    from robot_learning.data.store import EpisodeStore
     from robot_learning.data.alignment import StreamConfig
     from robot_learning.data.collect_config import load_config
+    from robot_learning.data.store import EpisodeStore
 
     try:
         cfg, _ = load_config(list(args.config), graph=False)
@@ -145,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     clock = args.clock or cfg.recorder.clock
     control_hz = args.control_hz or cfg.robot.control_hz
+    from robot_learning.data.store import is_url, local_path
+
+    created = not is_url(args.store) and not local_path(args.store).exists()
     store = EpisodeStore.open(args.store, mode="a")
     failures = 0
     try:
@@ -161,9 +189,20 @@ def run(args: argparse.Namespace) -> int:
             where = f"episode {r.episode}" if r.episode is not None else "nothing committed (no aligned steps)"
             print(f"{r.bag}: {where}, {r.steps} steps, success={r.success}, rejected {rejected} messages, "
                   f"max alignment error {worst:.1f} ms")
+            for name, st in r.streams.items():
+                why = ", ".join(f"{k} {n}" for k, n in st.get("rejected_by", {}).items())
+                if st["rejected"] or st["gaps"] or st["missing_steps"]:
+                    print(f"  {name}: {st['received']} received, {st['gaps']} missing by stamps (gaps), "
+                          f"{st['rejected']} rejected{f' ({why})' if why else ''}, {st['missing_steps']} control ticks "
+                          f"dropped for lack of a sample within half a period")
             for e in r.rejected_examples[:3]:
                 print(f"  rejected: {e}", file=sys.stderr)
             failures += r.episode is None
     finally:
+        empty = len(store) == 0
         store.close()
-    return 1 if failures else 0
+        if created and empty:  # a failed import into a new path leaves no empty store behind
+            import shutil
+
+            shutil.rmtree(local_path(args.store), ignore_errors=True)
+    return 2 if failures else 0

@@ -92,7 +92,7 @@ def test_import_bag_cli_reports_bad_bags(tmp_path, capsys) -> None:
     specs = [s.to_param() for s in STREAMS]
     argv = [str(bag), str(tmp_path / "missing_bag"), "--store", str(tmp_path / "s.zarr"), "--clock", "joint",
             "--control-hz", "10", "--success"] + [x for s in specs for x in ("--stream", s)]
-    assert bag_import.run(parser.parse_args(argv)) == 1  # one bag missing
+    assert bag_import.run(parser.parse_args(argv)) == 2  # one bag missing
     out, err = capsys.readouterr()
     assert "episode 0, 10 steps" in out and "missing_bag: no such bag" in err
     assert len(EpisodeStore.open(tmp_path / "s.zarr", mode="r")) == 1
@@ -119,3 +119,30 @@ def test_rlstack_data_import_bag_dispatches_here(tmp_path, capsys) -> None:
                "joint", "--control-hz", "10"] + [x for s in specs for x in ("--stream", s)])
     assert rc == 0, capsys.readouterr()
     assert "episode 0, 10 steps, success=True" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+def test_corrupt_bags_are_one_line_errors_with_exit_code_2(tmp_path, capsys, storage) -> None:
+    bag = tmp_path / "bad"
+    write_bag(bag, storage, seconds=0.5)
+    data = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 3])  # truncated
+    specs = [s.to_param() for s in STREAMS]
+    store = tmp_path / "new.zarr"
+    parser = argparse.ArgumentParser()
+    bag_import.add_arguments(parser)
+    argv = [str(bag), "--store", str(store), "--clock", "joint", "--control-hz", "10"]
+    assert bag_import.run(parser.parse_args(argv + [x for s in specs for x in ("--stream", s)])) == 2
+    err = capsys.readouterr().err
+    assert "bad" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not store.exists()  # a failed import into a new path leaves no empty store
+
+
+def test_missing_topics_are_named(tmp_path) -> None:
+    bag = tmp_path / "b"
+    write_bag(bag, "sqlite3", seconds=0.5)
+    more = [*STREAMS, StreamConfig("camera_wrist", "/camera/wrist/image_raw", "image")]
+    store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    with pytest.raises(ValueError, match=r"lacks topic\(s\) \['/camera/wrist/image_raw'\]"):
+        bag_import.import_bag(bag, store, more, "joint", 10.0)
+    assert len(store) == 0
