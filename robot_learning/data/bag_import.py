@@ -121,8 +121,10 @@ def _import(bag: Path, store: Any, streams: Sequence[Any], by_topic: dict[str, A
                     continue
                 for step in aligner.pop_ready(now=t):
                     writer.append(step.data, step.stamps)
+                _write_raw(writer, aligner)
             for step in aligner.flush():
                 writer.append(step.data, step.stamps)
+            _write_raw(writer, aligner)
             if len(writer) == 0:
                 writer.discard()
                 return BagImportResult(str(bag), None, 0, False, aligner.summary(), examples)
@@ -132,6 +134,12 @@ def _import(bag: Path, store: Any, streams: Sequence[Any], by_topic: dict[str, A
             writer.discard()
             raise
     return BagImportResult(str(bag), index, aligner.steps_out, final_success, aligner.summary(), examples)
+
+
+def _write_raw(writer: Any, aligner: Any) -> None:
+    """Samples of ``keep_raw`` streams (StreamConfig.keep_raw) go to streams/<key>, unresampled."""
+    for key, (values, stamps) in aligner.pop_raw().items():
+        writer.append_stream(key, values, stamps)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

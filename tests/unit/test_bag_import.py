@@ -146,3 +146,14 @@ def test_missing_topics_are_named(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"lacks topic\(s\) \['/camera/wrist/image_raw'\]"):
         bag_import.import_bag(bag, store, more, "joint", 10.0)
     assert len(store) == 0
+
+
+def test_keep_raw_streams_are_stored_unresampled(tmp_path) -> None:
+    bag = tmp_path / "raw"
+    write_bag(bag, "mcap", seconds=1.0, nan_at=-1)
+    raw = [StreamConfig("joint", "/joint_states", "joint_state", rate_hz=100.0, keep_raw=True), *STREAMS[1:]]
+    store = EpisodeStore.open(tmp_path / "s.zarr", mode="a")
+    r = bag_import.import_bag(bag, store, raw, "joint", 10.0)
+    values, stamps = store.read_stream(r.episode, "joint_pos")
+    assert len(values) == r.streams["joint"]["raw"] >= 90 and values.shape[1] == 7  # ~100 Hz kept, not 10 Hz
+    assert np.all(np.diff(stamps) > 0)
