@@ -130,3 +130,16 @@ def test_writer_killed_while_creating_first_arrays(tmp_path):
     assert report.ok and any("data/ee_pose is missing" in w for w in report.warnings)
     write_episode(store, np.random.default_rng(1), 3)  # the next writer recreates the arrays
     assert validate(store, deep=True).ok and len(store) == 1
+
+
+def test_corrupt_blosc_chunk_is_one_line_per_episode(tmp_path, capfd):
+    p = tmp_path / "cb.zarr"
+    store = EpisodeStore.open(p, mode="w", image_codec="lossless")
+    for i in range(2):
+        write_episode(store, np.random.default_rng(i), 6)
+    store.close()
+    (p / "data" / "joint_pos" / "c" / "0" / "0").write_bytes(b"garbage")
+    assert rlstack(["data", "validate", str(p), "--deep"]) == 1
+    out, err = capfd.readouterr()
+    assert "ERROR: episode 0: unreadable" in out and "blosc" in out
+    assert "Task was destroyed" not in out + err and len((out + err).strip().splitlines()) <= 4
