@@ -20,7 +20,9 @@ def write_toy_store(
     from robot_learning.data.store import EpisodeMeta, EpisodeStore
 
     rng = np.random.default_rng(seed)
-    store = EpisodeStore.open(str(path), mode="w", image_codec="lossless")
+    # a NaN episode (to test that training names it) needs the store to accept NaN in actions
+    allow = ("action",) if nan_episode is not None else ()
+    store = EpisodeStore.open(str(path), mode="w", image_codec="lossless", allow_nonfinite=allow)
     try:
         for ep in range(episodes):
             pos = rng.uniform(-1, 1, 2)

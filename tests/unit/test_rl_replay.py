@@ -164,7 +164,7 @@ def to_torch_obs(obs: dict) -> dict:
 
 
 def test_a_nan_in_stored_data_is_named_at_load(tmp_path) -> None:
-    s = EpisodeStore.open(str(tmp_path / "nan.zarr"), mode="a", image_codec="lossless")
+    s = EpisodeStore.open(str(tmp_path / "nan.zarr"), mode="a", image_codec="lossless", allow_nonfinite=("action",))
     add(s, 0, [0.0] * 4, terminal=True)
     n = 4
     data = {"joint_pos": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32),
