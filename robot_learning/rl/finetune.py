@@ -16,7 +16,6 @@ Orchestration on top of core and sim (like rlstack eval), so ``sim`` is imported
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from robot_learning.rl.residual import (
     base_step_actions,
 )
 from robot_learning.stats import wilson_interval
+from robot_learning.train.metrics import write_csv
 
 PLANNED_KEY = "planned_action"  # store key of the base's planned action (replay derives base_action from it)
 METHODS = ("residual",)
@@ -353,15 +353,6 @@ def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
 def _rng_from(d: dict[str, Any]) -> dict[str, Any]:
     return {"bit_generator": d["bit_generator"], "state": {"state": d["state"], "inc": d["inc"]},
             "has_uint32": d["has_uint32"], "uinteger": d["uinteger"]}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | None = None) -> None:
-    """Rewrite ``path`` with ``rows`` (the resume state holds every row, so a kill never duplicates one)."""
-    names = list(fields or dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=names)
-        w.writeheader()
-        w.writerows(rows)
 
 
 def plot_curve(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:

@@ -253,7 +253,7 @@ def train(cfg: CriticTrainConfig, base: Policy | None = None, stats: dict[str, A
     from tqdm import tqdm
 
     from robot_learning.policies.checkpoint import atomic_save, load_policy
-    from robot_learning.rl.finetune import write_csv
+    from robot_learning.train.metrics import write_csv
 
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)

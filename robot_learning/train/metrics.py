@@ -73,3 +73,12 @@ class MetricsLog:
         """Flush and close TensorBoard."""
         if self.writer is not None:
             self.writer.close()
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], fields: tuple[str, ...] | None = None) -> None:
+    """Rewrite ``path`` with ``rows`` (the resume state holds every row, so a kill never duplicates one)."""
+    names = list(fields or dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=names)
+        w.writeheader()
+        w.writerows(rows)

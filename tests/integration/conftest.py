@@ -54,3 +54,31 @@ def rclpy_context(ros_env: RosEnv) -> Iterator[RosEnv]:
         yield ros_env
     finally:
         rclpy.try_shutdown()
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+
+
+def headless_chromium(tmp_path: os.PathLike, extra_args: tuple[str, ...] = (), console_log: bool = False):  # noqa: ANN201
+    """Debian's Chromium, headless, with a fresh profile, driven by Debian's chromedriver (selenium).
+
+    Browser downloads by pip packages do not work here, so the system browser is the one tested;
+    missing in CI (``.ci/services.sh`` installs it) is a failure, missing elsewhere a skip.
+    """
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        if os.environ.get("CI"):
+            pytest.fail("Debian chromium + chromedriver missing in CI (.ci/services.sh installs them)")
+        pytest.skip("Debian chromium + chromedriver are not installed (.ci/services.sh installs them)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    # without the background-networking flags Chromium keeps trying hosts this machine cannot reach
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={os.path.join(str(tmp_path), 'chromium-profile')}", *extra_args):
+        opts.add_argument(arg)
+    if console_log:
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)

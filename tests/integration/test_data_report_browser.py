@@ -4,7 +4,6 @@ and ``rlstack data view --serve`` serves the Rerun web viewer on a local port.""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+from tests.integration.conftest import headless_chromium
+
 RLSTACK = [sys.executable, "-m", "robot_learning.cli"]
 
 
@@ -34,19 +34,7 @@ def sim_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _browser(tmp_path: Path):  # noqa: ANN202 (selenium's WebDriver)
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip("Debian chromium + chromedriver are not installed (.ci/services.sh installs them)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    return headless_chromium(tmp_path, ("--window-size=1400,1000",), console_log=True)
 
 
 @pytest.mark.integration
