@@ -81,16 +81,20 @@ def check_format(ckpt: Any, where: str) -> dict[str, Any]:
     return ckpt
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's plain data (no code execution) and check its format tag."""
+def load_plain(path: str | Path, what: str) -> Any:
+    """Load a torch file of plain data (no code execution); missing -> FileNotFoundError, corrupt -> ValueError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable policy checkpoint: {exc}") from exc
-    return check_format(ckpt, str(path))
+        raise ValueError(f"{path} is not a readable {what}: {exc}") from exc
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's plain data (no code execution) and check its format tag."""
+    return check_format(load_plain(path, "policy checkpoint"), str(path))
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> PolicyModel:

@@ -131,13 +131,10 @@ def load_train_state(path: str | Path, objects: dict[str, Any],
                      generators: dict[str, np.random.Generator | torch.Generator] | None = None,
                      rank: int = 0) -> dict[str, Any]:
     """Restore what ``save_train_state`` wrote into the same named objects; returns ``{"step", "extra"}``."""
+    from robot_learning.policies.checkpoint import load_plain
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"train state not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ValueError(f"{path} is not a readable train state: {exc}") from exc
+    state = load_plain(path, "train state")
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
         raise ValueError(f"{path} is not an rlstack train state (no '{TRAIN_STATE_FORMAT}' format tag)")
     load_state_dicts(objects, state["objects"], str(path))
