@@ -77,7 +77,7 @@ def test_keyboard_teleop_in_a_terminal_records_and_commits(ros_env, tmp_path) ->
         assert (ep["action"][:, 0] > 0.5).any()  # the w key moved +x
         assert (ep["action"][:, -1] == -1.0).any()  # space closed the gripper
         assert ep["intervention"].any()
-        assert ep["joint_pos"].shape[1:] == (7,) and ep["camera_front"].shape[1:] == (32, 32, 3)
+        assert ep["joint_pos"].shape[1:] == (9,) and ep["camera_front"].shape[1:] == (32, 32, 3)
 
 
 @pytest.mark.timeout(400)
