@@ -14,7 +14,7 @@
    and the ablation of the parity fixes (``benchmarks/deploy_parity.py``).
 
     .venv/bin/python benchmarks/bench_deploy.py [--seconds 20] [--requests 300] [--scenarios before,process]
-    .venv/bin/python benchmarks/bench_deploy.py --parity --checkpoint bc_lift=runs/parity/run_bc/policy.pt
+    .venv/bin/python benchmarks/bench_deploy.py --parity --checkpoint bc_lift=runs/bases/lift/bc/policy.pt  # after benchmarks/train_bases.sh
 """
 
 from __future__ import annotations
@@ -318,7 +318,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1000, help="parity: first seed")
     parser.add_argument("--max-steps", type=int, default=120, help="parity: step limit")
     parser.add_argument("--out", default="runs/bench_parity", help="parity: where row reports are kept (resumable)")
-    parser.add_argument("--ablate", default="", help="parity: label of the checkpoint to run the ablation on")
+    parser.add_argument("--ablate", default="", help="parity: run only the ablation section, on this checkpoint label")
+    parser.add_argument("--ablate-episodes", type=int, default=20, help="parity: episodes per ablation row")
     parser.add_argument("--no-serve", action="store_true", help="parity: skip the node + rlstack serve rows")
     args = parser.parse_args()
     if args.parity:
@@ -389,19 +390,30 @@ def main() -> int:
 
 def run_parity(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The parity section: every row a fresh ``rlstack eval`` / ``rlstack deploy`` (benchmarks/deploy_parity.py)."""
-    from benchmarks.deploy_parity import parity_section
+    from benchmarks.deploy_parity import ablation_section, parity_section
 
     ckpts = dict(c.split("=", 1) for c in args.checkpoint if "=" in c)
     if not ckpts or len(ckpts) != len(args.checkpoint):
         parser.error("--parity needs --checkpoint LABEL=PATH (e.g. bc_lift=runs/bc/policy.pt)")
-    body = parity_section(ckpts, args.episodes, args.seed, args.max_steps, Path(args.out),
-                          args.ablate or next(iter(ckpts)), serve=not args.no_serve)
-    if args.no_write:
-        print(body)
+    if args.ablate and args.ablate not in ckpts:
+        parser.error(f"--ablate {args.ablate}: not one of the --checkpoint labels ({', '.join(ckpts)})")
+    if args.ablate:  # the ablation is its own section, so re-running it leaves the parity table alone
+        sections = [("deploy_parity_ablation", "Deployment parity: ablation of the node's fixes",
+                     ablation_section(args.ablate, ckpts[args.ablate], args.ablate_episodes, args.seed,
+                                      args.max_steps, Path(args.out)),
+                     f"python benchmarks/bench_deploy.py --parity --checkpoint {args.ablate}={ckpts[args.ablate]} "
+                     f"--ablate {args.ablate} --ablate-episodes {args.ablate_episodes}")]
     else:
-        cmd = ("python benchmarks/bench_deploy.py --parity " + " ".join(f"--checkpoint {c}" for c in args.checkpoint)
-               + f" --episodes {args.episodes}")
-        write_section("deploy_parity", "Deployment parity: direct eval vs the ROS 2 policy node", body, cmd)
+        sections = [("deploy_parity", "Deployment parity: direct eval vs the ROS 2 policy node",
+                     parity_section(ckpts, args.episodes, args.seed, args.max_steps, Path(args.out),
+                                    serve=not args.no_serve),
+                     "python benchmarks/bench_deploy.py --parity "
+                     + " ".join(f"--checkpoint {c}" for c in args.checkpoint) + f" --episodes {args.episodes}")]
+    for name, title, body, cmd in sections:
+        if args.no_write:
+            print(body)
+        else:
+            write_section(name, title, body, cmd)
     return 0
 
 

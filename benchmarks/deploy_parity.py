@@ -22,10 +22,14 @@ RLSTACK = [sys.executable, "-m", "robot_learning.cli"]
 DOMAIN_ID = 150 + os.getpid() % 80  # not the default domain 0 other graphs on this machine use
 
 # how each labelled checkpoint was trained (printed with the table)
+_DEMOS = ("`rlstack sim demos --task {t} --episodes 50 --quality 1.0 --out {t}.zarr image_size=32`, then "
+          "`rlstack train policy={p} task={t} task.image_size=32 data.store={t}.zarr train.steps={n} "
+          "train.batch_size={b}` (benchmarks/train_bases.sh)")
 RECIPES = {
-    "bc_lift": "`rlstack sim demos --task lift --episodes 50 --quality 1.0 --out lift.zarr image_size=32`, then "
-               "`rlstack train policy=bc task=lift task.image_size=32 data.store=lift.zarr train.steps=3000 "
-               "train.batch_size=64` (the demo's recipe with sim-generated demos; ~4 min of CPU)",
+    "bc_lift": _DEMOS.format(t="lift", p="bc", n=3000, b=64),
+    "bc_push": _DEMOS.format(t="push", p="bc", n=3000, b=64),
+    "diffusion_lift": _DEMOS.format(t="lift", p="diffusion", n=4000, b=32),
+    "diffusion_push": _DEMOS.format(t="push", p="diffusion", n=4000, b=32),
 }
 
 # name -> (what is reverted, overrides that revert it); "all fixes" is the default configuration
@@ -128,16 +132,15 @@ def _free_port() -> int:
 
 
 def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_steps: int, out_root: Path,
-                   ablate: str, serve: bool) -> str:
-    """Run (or reuse) every row and return the markdown of the parity section."""
+                   serve: bool) -> str:
+    """Run (or reuse) the direct and node rows of every checkpoint and return the parity table's markdown."""
     from benchmarks._table import load_note, markdown_table
     from robot_learning.stats import format_rate, wilson_interval
 
     load_before = os.getloadavg()[0]
-    rows, abl_rows = [], []
+    rows = []
     for label, ckpt in checkpoints.items():
-        task_name = label.split("_")[-1] if "_" in label else "lift"
-        task = [f"task={task_name}", "task.image_size=32"]
+        task = _task_overrides(label)
         out = out_root / label
         seeds = list(range(seed, seed + episodes))
         direct = direct_row(ckpt, task, episodes, seed, max_steps, out)
@@ -151,26 +154,40 @@ def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_st
             ok = lo <= r["k"] / r["n"] and r["k"] >= 0.9 * direct["k"]
             rows.append([label, text, format_rate(r["k"], r["n"], seeds), "yes" if ok else "**no**",
                          f"{agree}/{episodes}", f"{r['o2a']:.0f}" if r["o2a"] is not None else "-", _load(r["load"])])
-        if label == ablate:
-            for name, (what, extra) in ABLATION.items():
-                r = node_row(name, ckpt, task, episodes, seed, max_steps, out, extra)
-                abl_rows.append([f"`{name}`", what, " ".join(f"`{e}`" for e in extra) or "-",
-                                 format_rate(r["k"], r["n"], seeds), str(r["late"]),
-                                 str(r["holds"].get("stale_observation", 0)), _load(r["load"])])
         print(label, "done", time.strftime("%H:%M:%S"), flush=True)
     table = markdown_table(["checkpoint", "how", "success (Wilson 95% CI, seeds)", "within direct CI and >= 0.9x",
                             "same outcome per seed", "obs->first action p50, ms", "1-min load at start"], rows)
-    abl = markdown_table(["row", "reverted", "overrides", "node success (Wilson 95% CI, seeds)",
-                          "late-dropped actions", "stale-observation holds", "1-min load at start"], abl_rows)
     recipes = " ".join(f"`{k}`: {RECIPES[k]}." for k in checkpoints if k in RECIPES)
-    return (f"{table}\n\n{recipes}\n\nSame seeds {seed}-{seed + episodes - 1}, step limit {max_steps}, dr none. Node rows: "
-            "`rlstack deploy` with its defaults (sim_robot in real time on its own timer, policy node with the "
-            "policy in a child process; `store=none` so only the policy is measured). obs->first action: capture "
-            "stamp of an observation -> the first /action tick computed from it.\n\n"
-            f"Ablation on `{ablate}` (each fix reverted alone, everything else at the defaults):\n\n{abl}\n\n"
-            "Rows whose load reads 'not recorded' were measured (same commands) before the benchmark kept a "
-            "load per row, between 21:40 and 22:20 UTC, while `uptime` read 1-min loads of 6.6-11.6 on the 2 "
-            "cores; the `legacy` and `crossfade` rows ran on the code before the fixes / before blend=latest "
-            "became the default (same settings as their overrides). Late-dropped actions and holds grow with "
-            "the load (a starved child process misses the period), so compare them within similar loads.\n\n"
+    return (f"{table}\n\n{recipes}\n\nSame seeds {seed}-{seed + episodes - 1}, step limit {max_steps}, dr none, "
+            "32 px cameras. Node rows: `rlstack deploy` with its defaults (sim_robot in real time on its own timer, "
+            "policy node with the policy in a child process; `store=none` so only the policy is measured). "
+            "obs->first action: capture stamp of an observation -> the first /action tick computed from it. "
+            "'same outcome per seed': episodes whose success matches the direct row's on the same seed.\n\n"
             f"{load_note(load_before)}")
+
+
+def ablation_section(label: str, ckpt: str, episodes: int, seed: int, max_steps: int, out_root: Path) -> str:
+    """Each parity fix reverted alone on one checkpoint (node rows, same seeds): the ablation table's markdown."""
+    from benchmarks._table import load_note, markdown_table
+    from robot_learning.stats import format_rate
+
+    load_before = os.getloadavg()[0]
+    out = out_root / label / f"ablation_{episodes}"
+    seeds = list(range(seed, seed + episodes))
+    rows = []
+    for name, (what, extra) in ABLATION.items():
+        r = node_row(name, ckpt, _task_overrides(label), episodes, seed, max_steps, out, extra)
+        rows.append([f"`{name}`", what, " ".join(f"`{e}`" for e in extra) or "-", format_rate(r["k"], r["n"], seeds),
+                     str(r["late"]), str(r["holds"].get("stale_observation", 0)), _load(r["load"])])
+        print(label, "ablation", name, "done", time.strftime("%H:%M:%S"), flush=True)
+    table = markdown_table(["row", "reverted", "overrides", "node success (Wilson 95% CI, seeds)",
+                            "late-dropped actions", "stale-observation holds", "1-min load at start"], rows)
+    return (f"Ablation on `{label}` ({RECIPES.get(label, ckpt)}): each parity fix reverted alone, everything else at "
+            f"the defaults; step limit {max_steps}, dr none.\n\n{table}\n\nLate-dropped actions and holds grow "
+            "with the load (a starved child process misses the period), so compare them within similar loads.\n\n"
+            f"{load_note(load_before)}")
+
+
+def _task_overrides(label: str) -> list[str]:
+    """Label <policy>_<task> -> the task overrides every row of that checkpoint uses."""
+    return [f"task={label.rsplit('_', 1)[-1] if '_' in label else 'lift'}", "task.image_size=32"]

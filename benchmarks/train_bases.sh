@@ -1,0 +1,17 @@
+#!/bin/bash
+# Shared base checkpoints for parity (issue 11), residual RL (13), steering (14). Resumable: re-run continues.
+# lift/push: 50 scripted demos at 32 px (seeds 0..49); BC 3000 steps b64; diffusion 4000 steps b32; BC-GMM 3000 b64.
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+R=${BASES_DIR:-runs/bases}
+for task in lift push; do
+  [ -f $R/$task/demos.zarr/.done ] || { rm -rf $R/$task/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos --task $task --episodes 50 --quality 1.0 --out $R/$task/demos.zarr image_size=32 && touch $R/$task/demos.zarr/.done; }
+done
+train() { # task policy steps batch
+  [ -f $R/$1/$2/policy.pt ] && grep -q "^$3$" $R/$1/$2/.steps 2>/dev/null && return
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=$2 task=$1 task.image_size=32 data.store=$R/$1/demos.zarr \
+    train.steps=$3 train.batch_size=$4 out_dir=$R/$1/$2 && echo $3 > $R/$1/$2/.steps
+}
+( train lift bc 3000 64; train push bc 3000 64; train lift bc_gmm 3000 64; train push diffusion 4000 32 ) > $R/train_a.log 2>&1 &
+( train lift diffusion 4000 32 ) > $R/train_b.log 2>&1 &
+wait
