@@ -44,6 +44,8 @@ from robot_learning.data.streams import (  # noqa: F401  (re-exported: the recor
     joint_layout,
 )
 
+GAP_PERIODS = 2.5  # an interval longer than this many periods is a gap (frames missing), not jitter
+
 
 @dataclass
 class StreamStats:
@@ -182,6 +184,8 @@ class EpisodeAligner:
         self._gap_debt: dict[str, tuple[int, float]] = {}
         self._raw: dict[str, tuple[list[np.ndarray], list[float]]] = {
             k: ([], []) for s in self.streams.values() if s.keep_raw for k in s.keys}
+        self.drops: dict[str, int] = {}  # why control ticks were dropped -> how many (see drop_reason)
+        self.t0: float | None = None  # the first control tick (drop reasons give times from it)
 
     LOCK_SAMPLES = 5
 
@@ -290,7 +294,7 @@ class EpisodeAligner:
             return
         st = self.stats[name]
         debt, since = self._gap_debt.get(name, (0, 0.0))
-        if dt > 2.5 * period:
+        if dt > GAP_PERIODS * period:
             k = max(0, int(round(dt / period)) - 1)
             st.gaps += k
             self._gap_debt[name] = (debt + k, stamp)
@@ -318,6 +322,8 @@ class EpisodeAligner:
         self.stats[name].lost += int(count)
 
     def _maybe_step(self, stamp: float) -> None:
+        if self.t0 is None:
+            self.t0 = stamp
         clock_rate = self.streams[self.clock].rate_hz
         if clock_rate <= 0 and self._median_dt.get(self.clock):  # no rate configured: the measured one
             clock_rate = 1.0 / self._median_dt[self.clock]
@@ -400,6 +406,8 @@ class EpisodeAligner:
         if missing:
             for name in missing:
                 self.stats[name].missing_steps += 1
+            why = " + ".join(self.drop_reason(name, t) for name in missing)
+            self.drops[why] = self.drops.get(why, 0) + 1
             return _DROPPED
         step = Step(t=t, data={}, stamps={"step": t})
         for name, (stamp, values) in picks.items():
@@ -414,6 +422,25 @@ class EpisodeAligner:
                 step.stamps[key] = stamp
         self.steps_out += 1
         return step
+
+    def drop_reason(self, name: str, t: float) -> str:
+        """Why stream ``name`` had no usable sample for the tick at ``t`` (one text per cause, for counting)."""
+        stream, buf = self.streams[name], self.samples[name]
+        t0 = self.t0 if self.t0 is not None else t
+        if stream.mode == "next":
+            return f"{name}: no response within {1.5e3 * self.period:.0f} ms after the tick"
+        if stream.mode == "latest" or not buf.stamps:
+            return f"{name}: no sample yet"
+        i = bisect.bisect_left(buf.stamps, t)
+        if i == 0:
+            return f"{name}: no sample before its first at t={buf.stamps[0] - t0:.2f} s"
+        if i == len(buf.stamps):
+            return f"{name}: no sample after its last at t={buf.stamps[-1] - t0:.2f} s"
+        before, after = buf.stamps[i - 1], buf.stamps[i]
+        period = self._median_dt.get(name)
+        if period and after - before > GAP_PERIODS * period:
+            return f"{name}: gap of {after - before:.2f} s in its stamps at t={before - t0:.2f} s"
+        return f"{name}: nearest sample more than {1e3 * self.max_align_err_s:.0f} ms from the tick (stale)"
 
     def _prune(self) -> None:
         # Keep samples that a pending (or the next) step could still pick: one second before it.

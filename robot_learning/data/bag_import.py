@@ -31,6 +31,8 @@ class BagImportResult:
     success: bool
     streams: dict[str, Any] = field(default_factory=dict)
     rejected_examples: list[str] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)  # dropped control ticks by cause (EpisodeAligner.drops)
+    warnings: list[str] = field(default_factory=list)  # e.g. an mcap file without CRCs
 
 
 def import_bag(
@@ -45,8 +47,11 @@ def import_bag(
     success_topic: str = "",
     success: bool = False,
 ) -> BagImportResult:
-    """Align one rosbag2 bag and commit it to ``store`` as one episode; bad messages are counted, skipped."""
+    """Align one rosbag2 bag and commit it to ``store`` as one episode; bad messages are counted, skipped.
+
+    The bag's mcap files are CRC-checked first (``bag_inspect.verify_bag``): a corrupt one is a ValueError."""
     from robot_learning.data.alignment import EpisodeAligner
+    from robot_learning.data.bag_inspect import verify_bag
     from robot_learning.data.store import StoreError
 
     bag = Path(bag)
@@ -55,9 +60,12 @@ def import_bag(
     by_topic = {s.topic: s for s in streams}
     aligner = EpisodeAligner(streams, clock, control_hz, max_wait_s=float("inf"))
     examples: list[str] = []
+    warnings = verify_bag(bag)  # one extra read of the files; a flipped payload byte is caught before any write
     try:
-        return _import(bag, store, streams, by_topic, aligner, clock, control_hz, task, source, operator,
-                       success_topic, success, examples)
+        result = _import(bag, store, streams, by_topic, aligner, clock, control_hz, task, source, operator,
+                         success_topic, success, examples)
+        result.warnings = warnings
+        return result
     except (ValueError, FileNotFoundError, StoreError):
         raise
     except Exception as exc:  # rosbags' AnyReaderError, CDR deserialization errors, a truncated file
@@ -127,13 +135,14 @@ def _import(bag: Path, store: Any, streams: Sequence[Any], by_topic: dict[str, A
             _write_raw(writer, aligner)
             if len(writer) == 0:
                 writer.discard()
-                return BagImportResult(str(bag), None, 0, False, aligner.summary(), examples)
-            writer.meta.tags["recorder"] = {"streams": aligner.summary()}
+                return BagImportResult(str(bag), None, 0, False, aligner.summary(), examples, dict(aligner.drops))
+            writer.meta.tags["recorder"] = {"streams": aligner.summary(), "dropped_ticks": dict(aligner.drops)}
             index = writer.commit(success=final_success)
         except BaseException:
             writer.discard()
             raise
-    return BagImportResult(str(bag), index, aligner.steps_out, final_success, aligner.summary(), examples)
+    return BagImportResult(str(bag), index, aligner.steps_out, final_success, aligner.summary(), examples,
+                           dict(aligner.drops))
 
 
 def _write_raw(writer: Any, aligner: Any) -> None:
@@ -143,11 +152,16 @@ def _write_raw(writer: Any, aligner: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``rlstack data import-bag BAG... --store PATH [--config key=value ...]``."""
+    """``rlstack data import-bag BAG... --store PATH [--config key=value ...]`` (or ``--dry-run BAG...``)."""
     parser.description = ("Import rosbag2 bags (sqlite3 or mcap) as episodes, with the recorder's topic mapping "
-                          "and alignment from configs/collect.yaml. One bag = one episode.")
+                          "and alignment from configs/collect.yaml. One bag = one episode. --dry-run first shows "
+                          "a bag's topics, types, rates and gaps and a suggested --stream mapping.")
     parser.add_argument("bags", nargs="+", help="rosbag2 directories (with metadata.yaml)")
-    parser.add_argument("--store", required=True, help="episode store to append to (path or s3:// URL)")
+    parser.add_argument("--store", default=None, help="episode store to append to (path or s3:// URL); "
+                        "required unless --dry-run")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print each bag's topics, message types, counts, rates and stamp gaps and a suggested "
+                             "import command line (--stream specs for the topics the importer decodes); write nothing")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of configs/collect.yaml that pick the topic mapping, e.g. robot=external "
                              "recorder.clock=joint task=lift")
@@ -162,8 +176,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--operator", default="", help="operator name stored with the episodes")
 
 
+def print_summary(r: BagImportResult, control_hz: float) -> None:
+    """One line per bag, then per stream its gaps and rejections, and why control ticks were dropped."""
+    rejected = sum(s["rejected"] for s in r.streams.values())
+    worst = max((s["align_err_max_ms"] for s in r.streams.values()), default=0.0)
+    where = f"episode {r.episode}" if r.episode is not None else "nothing committed (no aligned steps)"
+    print(f"{r.bag}: {where}, {r.steps} steps, success={r.success}, rejected {rejected} messages, "
+          f"max alignment error {worst:.1f} ms")
+    for name, st in r.streams.items():
+        why = ", ".join(f"{k} {n}" for k, n in st.get("rejected_by", {}).items())
+        if st["rejected"] or st["gaps"] or st["missing_steps"]:
+            print(f"  {name}: {st['received']} received, {st['gaps']} missing by stamps (gaps), "
+                  f"{st['rejected']} rejected{f' ({why})' if why else ''}, missing for {st['missing_steps']} "
+                  f"control ticks")
+    dropped = sum(r.dropped.values())
+    if dropped:
+        print(f"  {dropped} of {r.steps + dropped} control ticks dropped, by cause (t in s from the first tick):")
+        causes = sorted(r.dropped.items(), key=lambda kv: (-kv[1], kv[0]))
+        for why, n in causes[:8]:
+            print(f"    {n:>6}  {why}")
+        if len(causes) > 8:
+            print(f"    {sum(n for _w, n in causes[8:]):>6}  ({len(causes) - 8} more causes)")
+    slow = [f"{name} ({st['rate_hz']:g} Hz)" for name, st in r.streams.items()
+            if any(w.startswith(f"{name}: nearest sample") for w in r.dropped) and 0 < st["rate_hz"] < control_hz]
+    if slow:
+        print(f"  hint: {', '.join(slow)} {'runs' if len(slow) == 1 else 'run'} slower than the {control_hz:g} Hz control "
+              f"rate: sampled 'nearest', ticks between its samples are dropped; mode 'latest' holds the last sample "
+              f"(--stream NAME=/TOPIC:TYPE:latest)")
+    for e in r.rejected_examples[:3]:
+        print(f"  rejected: {e}", file=sys.stderr)
+    for w in r.warnings:
+        print(f"import-bag: warning: {w}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Import each bag; print one line per bag with steps, rejected messages and alignment error."""
+    """Import each bag (or, with --dry-run, describe it); exit 2 if any bag failed."""
     from tqdm import tqdm
 
     from robot_learning.data.alignment import StreamConfig
@@ -178,6 +225,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     clock = args.clock or cfg.recorder.clock
     control_hz = args.control_hz or cfg.robot.control_hz
+    if args.dry_run:
+        from robot_learning.data.bag_inspect import dry_run
+
+        return max(dry_run(Path(bag), control_hz, streams) for bag in args.bags)
+    if not args.store:
+        print("import-bag: --store PATH is required (or --dry-run to only look at the bags)", file=sys.stderr)
+        return 2
     from robot_learning.data.store import is_url, local_path
 
     created = not is_url(args.store) and not local_path(args.store).exists()
@@ -192,19 +246,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"import-bag: {exc}", file=sys.stderr)
                 failures += 1
                 continue
-            rejected = sum(s["rejected"] for s in r.streams.values())
-            worst = max((s["align_err_max_ms"] for s in r.streams.values()), default=0.0)
-            where = f"episode {r.episode}" if r.episode is not None else "nothing committed (no aligned steps)"
-            print(f"{r.bag}: {where}, {r.steps} steps, success={r.success}, rejected {rejected} messages, "
-                  f"max alignment error {worst:.1f} ms")
-            for name, st in r.streams.items():
-                why = ", ".join(f"{k} {n}" for k, n in st.get("rejected_by", {}).items())
-                if st["rejected"] or st["gaps"] or st["missing_steps"]:
-                    print(f"  {name}: {st['received']} received, {st['gaps']} missing by stamps (gaps), "
-                          f"{st['rejected']} rejected{f' ({why})' if why else ''}, {st['missing_steps']} control ticks "
-                          f"dropped for lack of a sample within half a period")
-            for e in r.rejected_examples[:3]:
-                print(f"  rejected: {e}", file=sys.stderr)
+            print_summary(r, control_hz)
             failures += r.episode is None
     finally:
         empty = len(store) == 0

@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
     "delete-episode": (None, "remove one episode from the index (atomic; the others stay bit-identical)"),
     "merge": (None, "append every episode of one or more stores to another (also compacts)"),
     "export-video": (None, "write an episode's camera to mp4 (OpenCV), at the real frame rate"),
-    "import-bag": ("robot_learning.data.bag_import", "import a rosbag2 recording as episodes"),
+    "import-bag": ("robot_learning.data.bag_import", "import rosbag2 recordings as episodes (--dry-run: topics, rates, a mapping)"),
     "view": ("robot_learning.data.view", "show episodes in Rerun: spawn the viewer, --serve PORT or --save FILE.rrd"),
     "report": ("robot_learning.data.report", "one self-contained HTML report: success, lengths, thumbnails, timing, flags"),
 }
