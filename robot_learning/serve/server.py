@@ -16,6 +16,7 @@ reported the same way. Inference runs on one worker thread so the event loop kee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -223,9 +224,10 @@ class PolicyServer:
         return f"ws://{self.host}:{self.port}"
 
     def stop(self) -> None:
-        """Stop serving (from any thread) and wait for the server thread."""
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+        """Stop serving (from any thread) and wait for the server thread; calling it again does nothing."""
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed since the check: already stopped
+                self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._executor.shutdown(wait=False)

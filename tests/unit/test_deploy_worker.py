@@ -19,7 +19,7 @@ SPEC = PolicySpec(obs_shapes={"joint_pos": (3,)}, action_dim=2, n_obs_steps=2, h
 
 
 class PidPolicy(Policy):
-    """Action 0 = the pid that computed it, action 1 = resets seen; mean < -100 raises, == 7 holds the GIL 1 s."""
+    """Action 0 = the pid that computed it, action 1 = resets seen; mean < -100 raises, == 7 holds the GIL 1 s, == 8 for 20 s."""
 
     def __init__(self) -> None:
         self.spec = SPEC
@@ -32,8 +32,8 @@ class PidPolicy(Policy):
         value = float(obs_history["joint_pos"][-1].mean())
         if value < -100:
             raise RuntimeError("policy exploded")
-        if value == 7.0:
-            hold_gil(1.0)
+        if value in (7.0, 8.0):
+            hold_gil(1.0 if value == 7.0 else 20.0)
         out = np.zeros((SPEC.horizon, SPEC.action_dim))
         out[:, 0], out[:, 1] = os.getpid(), self.resets
         return out
@@ -144,8 +144,7 @@ def test_close_ends_a_prediction_in_flight_and_refuses_new_ones() -> None:
 
     def predict() -> None:
         try:
-            p.predict_chunk(obs(7.0))  # blocks 1 s per call in the child; close() must not wait for it
-            p.predict_chunk(obs(7.0))
+            p.predict_chunk(obs(8.0))  # blocks 20 s in the child; close() must not wait for it
         except PolicyWorkerError as exc:
             errors.append(exc)
 
@@ -155,7 +154,8 @@ def test_close_ends_a_prediction_in_flight_and_refuses_new_ones() -> None:
     t0 = time.perf_counter()
     p.close()
     t.join(5)
-    assert time.perf_counter() - t0 < 3.0 and p.pid is None
+    # far under the 20 s the prediction in flight would take (margin for a loaded machine's process teardown)
+    assert time.perf_counter() - t0 < 10.0 and p.pid is None
     with pytest.raises(PolicyWorkerError, match="closed"):
         p.predict_chunk(obs())
 

@@ -127,6 +127,13 @@ def test_client_reconnects_after_server_restart_on_the_same_port() -> None:
         srv.stop()
 
 
+def test_stop_twice_is_harmless() -> None:
+    srv = PolicyServer(MeanPolicy(), port=0).start_in_thread()
+    srv.stop()
+    srv.stop()  # e.g. a finally block after an explicit stop
+    assert not srv._thread.is_alive()
+
+
 def test_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(PolicyServerError, match="unreachable"):
         RemotePolicy("ws://127.0.0.1:9", connect_timeout_s=1.0)
