@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("ros_nodes.deploy", "run a policy as a real-time ROS 2 control node against a robot"),
     "arena": ("robot_learning.arena.cli", "double-blind pairwise A/B policy arena: serve, evaluate, leaderboard"),
     "finetune": ("robot_learning.rl.finetune", "refine a frozen base policy with residual off-policy RL in sim (ResFiT)"),
+    "collect-mixed": ("robot_learning.rl.mixed_data", "collect a mixed-quality dataset for a steering critic (experts at chosen qualities, a base's rollouts)"),
     "train-critic": ("robot_learning.rl.train_critic", "train an offline critic (Cal-QL/IQL) and write a value-guided steering policy (V-GPS)"),
     "demo": ("robot_learning.demo", "the whole loop in sim: collect, train, deploy, evaluate"),
 }

@@ -75,10 +75,11 @@ class BCModel(PolicyModel):
         return -logp.mean() / self.chunk_dim
 
     def sample_actions(
-        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None, deterministic: bool = False
+        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None,
+        deterministic: bool = False, cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """MLP: the prediction repeated ``k`` times; GMM: ``k`` samples (or the top mode's mean)."""
-        cond = self.encoder(obs)
+        cond = self.encoder(obs) if cond is None else cond
         b = cond.shape[0]
         if self.config.head == "mlp":
             chunk = self.mlp(cond)[:, None].expand(b, k, self.chunk_dim)

@@ -174,10 +174,18 @@ class ModelPolicy(Policy):
     @torch.inference_mode()
     def sample_chunks(self, obs_history: dict[str, np.ndarray], k: int) -> np.ndarray:
         """``k`` candidate chunks ``(k, horizon, action_dim)`` from one batched pass."""
+        return self.sample_chunks_with_features(obs_history, k)[0]
+
+    @torch.inference_mode()
+    def sample_chunks_with_features(self, obs_history: dict[str, np.ndarray], k: int) -> tuple[np.ndarray, torch.Tensor]:
+        """``sample_chunks`` plus the observation features ``(1, F)`` it conditioned on (encoded once, so a
+        critic on the same frozen encoder scores the candidates without encoding the observation again)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         obs = obs_to_tensors(self.spec, obs_history, self.device)
-        return self.model.sample_actions(obs, k, generator=self.generator)[0].float().cpu().numpy()
+        cond = self.model.encode_obs(obs)
+        chunks = self.model.sample_actions(obs, k, generator=self.generator, cond=cond)
+        return chunks[0].float().cpu().numpy(), cond
 
     def checkpoint(self) -> dict[str, Any]:
         """The self-contained checkpoint (current weights, which are the EMA weights)."""

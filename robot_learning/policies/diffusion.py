@@ -144,8 +144,13 @@ class DiffusionModel(PolicyModel):
             target = self.train_scheduler.get_velocity(clean, noise, t)
         return F.mse_loss(pred, target)
 
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Conditioning features: through the compiled camera encoders and frame cache in eval mode."""
+        return self.encoder(obs) if self.training else self.inference_engine().encode(obs)
+
     def sample_actions(
-        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None, deterministic: bool = False
+        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None,
+        deterministic: bool = False, cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run the reverse process for ``k`` chunks per observation, all in one batch.
 
@@ -153,7 +158,8 @@ class DiffusionModel(PolicyModel):
         first call from the current weights, rebuilt when they change); in train mode it is eager.
         """
         engine = None if self.training else self.inference_engine()
-        cond = engine.encode(obs) if engine is not None else self.encoder(obs)  # each frame encoded once
+        if cond is None:
+            cond = engine.encode(obs) if engine is not None else self.encoder(obs)  # each frame encoded once
         b = cond.shape[0]
         cond = cond.repeat_interleave(k, dim=0)
         x = torch.randn((b * k, self.spec.horizon, self.spec.action_dim), generator=generator, device=cond.device)

@@ -85,11 +85,17 @@ class PolicyModel(nn.Module):
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Scalar training loss for one batch."""
 
+    def encode_obs(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The conditioning features ``(B, encoder.out_dim)`` that ``sample_actions`` computes from ``obs``."""
+        return self.encoder(obs)
+
     @abstractmethod
     def sample_actions(
-        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None, deterministic: bool = False
+        self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None,
+        deterministic: bool = False, cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``k`` action chunks per observation history: ``(B, k, horizon, A)`` in raw units."""
+        """``k`` action chunks per observation history: ``(B, k, horizon, A)`` in raw units; ``cond``:
+        ``encode_obs(obs)`` when the caller computed it already (it is then not recomputed)."""
 
     def reset_inference_state(self) -> None:  # noqa: B027 - optional hook
         """Forget per-episode inference state (caches); default: none."""

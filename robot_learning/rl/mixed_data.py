@@ -18,6 +18,24 @@ from typing import Any
 
 import numpy as np
 
+from robot_learning.policies.base import ChunkResult
+from robot_learning.policies.composite import WrapperPolicy
+
+BASE_MODES = ("sample", "predict")
+
+
+class SampledBase(WrapperPolicy):
+    """Executes one sampled candidate of the base per re-plan (``sample_chunks(obs, 1)``): the distribution
+    a steering critic will choose from, which for a BC mixture is not its ``predict_chunk`` (the top mode's mean)."""
+
+    def predict_chunk(self, obs_history: dict[str, np.ndarray]) -> np.ndarray:
+        """One sampled chunk."""
+        return np.asarray(self.base.sample_chunks(obs_history, 1))[0]
+
+    def predict_chunk_with_info(self, obs_history: dict[str, np.ndarray]) -> ChunkResult:
+        """One sampled chunk, no diagnostics."""
+        return ChunkResult(self.predict_chunk(obs_history), {})
+
 
 @dataclass
 class MixedSummary:
@@ -34,8 +52,9 @@ class MixedSummary:
 
 def collect_mixed(out: str, task: str, qualities: list[float], episodes: int, seed: int = 0,
                   base: str | None = None, base_episodes: int = 0, task_overrides: list[str] | None = None,
-                  progress: bool = True) -> MixedSummary:
-    """Experts at each quality (``episodes`` each, seeds ``seed + 10000 * i ...``) and ``base_episodes`` base rollouts."""
+                  progress: bool = True, base_mode: str = "sample") -> MixedSummary:
+    """Experts at each quality (``episodes`` each, seeds ``seed + 10000 * i ...``) and ``base_episodes`` base
+    rollouts (``base_mode``: ``sample`` executes sampled candidates, ``predict`` the base's ``predict_chunk``)."""
     from sim.config import load_task_config
     from sim.demos import generate_demos
 
@@ -46,6 +65,8 @@ def collect_mixed(out: str, task: str, qualities: list[float], episodes: int, se
         raise ValueError(f"mixed data: expert qualities must be in [0, 1], got {bad}")
     if base_episodes and not base:
         raise ValueError("mixed data: base_episodes > 0 needs base=<checkpoint>")
+    if base_mode not in BASE_MODES:
+        raise ValueError(f"mixed data: base_mode '{base_mode}' is not one of {', '.join(BASE_MODES)}")
     cfg = load_task_config(task, task_overrides)
     summary = MixedSummary()
     for i, q in enumerate(qualities):
@@ -53,12 +74,13 @@ def collect_mixed(out: str, task: str, qualities: list[float], episodes: int, se
         summary.parts[f"expert q={q:g}"] = (sum(s.successes), len(s.successes))
     if base_episodes:
         assert base is not None
-        summary.parts[f"base {Path(base).name}"] = _base_rollouts(out, cfg, base, base_episodes,
-                                                                  seed + 10_000 * len(qualities), progress)
+        summary.parts[f"base {Path(base).name} ({base_mode})"] = _base_rollouts(
+            out, cfg, base, base_episodes, seed + 10_000 * len(qualities), progress, base_mode)
     return summary
 
 
-def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, progress: bool) -> tuple[int, int]:
+def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, progress: bool,
+                   base_mode: str = "sample") -> tuple[int, int]:
     """Roll the base out in sim and commit every episode (source=policy)."""
     from tqdm import tqdm
 
@@ -68,7 +90,7 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
     from sim import make_robot
 
     policy = load_policy(base, seed=seed)
-    agent = PolicyAgent(policy)
+    agent = PolicyAgent(SampledBase(policy) if base_mode == "sample" else policy)
     robot = make_robot(cfg.name, seed=seed, **cfg.robot_kwargs())
     store = EpisodeStore.open(out, mode="a")
     wins = 0
@@ -100,7 +122,7 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``python -m robot_learning.rl.mixed_data``."""
+    """Arguments of ``rlstack collect-mixed``."""
     parser.description = ("Collect a mixed-quality dataset for an offline steering critic: scripted experts at the "
                           "given qualities (failures kept) and optionally a base policy's rollouts.")
     parser.add_argument("--out", required=True, help="episode store to append to (created if missing)")
@@ -109,6 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="episodes per expert quality")
     parser.add_argument("--base", default=None, help="base checkpoint whose rollouts are added")
     parser.add_argument("--base-episodes", type=int, default=0)
+    parser.add_argument("--base-mode", choices=BASE_MODES, default="sample",
+                        help="sample: execute sampled candidates (what steering picks from); predict: predict_chunk")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task-overrides", nargs="*", default=[], help="task key=value (e.g. image_size=64)")
 
@@ -116,12 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point."""
     s = collect_mixed(args.out, args.task, list(args.qualities), args.episodes, args.seed, args.base,
-                      args.base_episodes, list(args.task_overrides))
+                      args.base_episodes, list(args.task_overrides), base_mode=args.base_mode)
     print(s.text())
     return 0
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m robot_learning.rl.mixed_data")
+    p = argparse.ArgumentParser(prog="rlstack collect-mixed")
     add_arguments(p)
     raise SystemExit(run(p.parse_args()))

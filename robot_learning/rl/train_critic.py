@@ -11,8 +11,9 @@ success) through rl/replay.py with n-step targets and the store's terminal/trunc
   real returns.
 - IQL (Kostrikov et al. 2021): expectile regression of V(s) on the target Q, Q(s, a) <- r + gamma^n V(s').
 
-The critic is ``rl/vgps.py: SteeringCritic`` (the policies' observation encoder, trained through the
-critic, + the LayerNorm ensemble of rl/critics.py with a Polyak target). Outputs in ``out_dir``:
+The critic is ``rl/vgps.py: SteeringCritic``: the frozen base's observation encoder (``net.features=base``,
+camera features computed once per episode into the replay) or a fresh one trained through the critic
+(``own``), + the LayerNorm ensemble of rl/critics.py with a Polyak target. Outputs in ``out_dir``:
 ``critic.pt`` (weights + spec/task/stats), ``vgps.pt`` (the composite base + critic that eval, serve and
 deploy run), ``train.csv``, ``tb/``. Re-running with the same ``out_dir`` resumes exactly.
 """
@@ -203,11 +204,19 @@ class CriticLearner:
         self.gen.set_state(sd["gen"])
 
 
-def _replay(cfg: CriticTrainConfig, base: Policy, act_steps: int) -> Any:
-    from robot_learning.rl.replay import MixedReplay, ReplaySource
+def _replay(cfg: CriticTrainConfig, base: Policy, critic: SteeringCritic) -> Any:
+    """Replay over the stores; a frozen (base) encoder's camera features are computed once per episode."""
+    from robot_learning.rl.features import feature_key
+    from robot_learning.rl.replay import MixedReplay, ReplaySource, camera_features
 
+    act_steps = critic.act_steps
     derived = {"act_first": chunk_column(1)} if act_steps == 1 else {CHUNK_KEY: chunk_column(act_steps)}
-    sources = {f"s{i}": ReplaySource(path, list(base.spec.obs_shapes), n_obs_steps=base.spec.n_obs_steps,
+    obs_keys = list(base.spec.obs_shapes)
+    if critic.features.frozen:
+        enc = critic.features.encoder
+        derived.update({feature_key(k): camera_features(enc, k) for k in enc.image_keys})
+        obs_keys = [k for k in obs_keys if k not in enc.image_keys]
+    sources = {f"s{i}": ReplaySource(path, obs_keys, n_obs_steps=base.spec.n_obs_steps,
                                      n_step=cfg.n_step, gamma=cfg.gamma, reward=cfg.reward, derived=derived,
                                      name=path)
                for i, path in enumerate(cfg.data)}
@@ -258,9 +267,9 @@ def train(cfg: CriticTrainConfig, base: Policy | None = None, stats: dict[str, A
     torch.set_num_threads(max(1, cfg.threads))
     torch.manual_seed(cfg.seed)
     base = base or load_policy(cfg.base)
-    critic = SteeringCritic(base.spec, cfg.net, _stats(base, stats))
+    critic = SteeringCritic.on_base(base, cfg.net, _stats(base, stats))
     learner = CriticLearner(critic, cfg)
-    replay = _replay(cfg, base, critic.act_steps)
+    replay = _replay(cfg, base, critic)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state_path, rows, step = out / "train_state.pt", [], 0

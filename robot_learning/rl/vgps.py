@@ -6,6 +6,14 @@ with the critic in one batched pass (the observation is encoded once, the K acti
 ensemble together), and executes the argmax (``beta = 0``) or a sample of softmax(Q / beta).
 ``selection: random`` picks uniformly among the K instead: the control that must give no gain.
 
+Observation features (``CriticNetConfig.features``): ``base`` (default) -- the critic sits on the
+frozen base's own observation encoder (its weights copied into the critic at training). When the
+base runs in this process with those weights, one ``sample_chunks_with_features`` call encodes the
+observation once for both: the base conditions its K samples on it and the critic scores them from
+it, so steering adds only the critic's MLP to the base's chunk cost. With a remote base (``rlstack
+serve``) the critic runs its copy of the encoder locally. ``own`` -- a fresh encoder trained through
+the critic (e.g. a base with no encoder).
+
 What is scored (``CriticNetConfig.score``, fixed when the critic is trained): ``first`` -- the chunk's
 first action (the paper's choice), ``chunk`` -- the executed part of the chunk (``n_action_steps``
 actions flattened), for a critic trained on action chunks with ``n_step = n_action_steps``.
@@ -17,6 +25,7 @@ that returns K identical chunks is deterministic: steering cannot help, which is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 import zlib
@@ -38,6 +47,7 @@ from robot_learning.rl.features import ObsFeatures
 
 SCORES = ("first", "chunk")
 SELECTIONS = ("vgps", "random")
+FEATURES = ("base", "own")
 
 
 @dataclass
@@ -45,6 +55,7 @@ class CriticNetConfig:
     """Architecture of the steering critic (stored in the composite so it can be rebuilt)."""
 
     score: str = "first"  # first | chunk
+    features: str = "base"  # base: the frozen base's encoder (shared at run time) | own: trained through the critic
     encoder: dict[str, Any] = field(default_factory=lambda: {"width": 8, "keypoints": 8, "feature_dim": 16})
     ensemble: dict[str, Any] = field(default_factory=lambda: {"n_heads": 2, "hidden_dims": [256, 256],
                                                               "target_subset": 2})
@@ -96,8 +107,11 @@ class SteeringCritic(nn.Module):
         super().__init__()
         if net.score not in SCORES:
             raise ValueError(f"critic.score '{net.score}' is not one of {', '.join(SCORES)}")
+        if net.features not in FEATURES:
+            raise ValueError(f"critic.features '{net.features}' is not one of {', '.join(FEATURES)}")
         self.spec, self.net_config = spec, net
-        self.features = ObsFeatures.build(spec, to_dataclass(net.encoder, EncoderConfig, "critic.encoder"), stats)
+        self.features = ObsFeatures.build(spec, to_dataclass(net.encoder, EncoderConfig, "critic.encoder"), stats,
+                                          frozen=net.features == "base")
         self.act_steps = 1 if net.score == "first" else spec.n_action_steps
         self.task_index = {t: i for i, t in enumerate(net.tasks)}
         ens = to_dataclass(net.ensemble, CriticConfig, "critic.ensemble")
@@ -106,9 +120,26 @@ class SteeringCritic(nn.Module):
         self.register_buffer("act_lo", lo)
         self.register_buffer("act_hi", hi)
 
+    @classmethod
+    def on_base(cls, base: Policy, net: CriticNetConfig, stats: Mapping[str, Any]) -> SteeringCritic:
+        """A critic for ``base``; with ``net.features = base`` it gets a frozen copy of the base's encoder."""
+        if net.features != "base":
+            return cls(base.spec, net, stats)
+        enc = base_encoder(base)
+        if enc is None:
+            raise ValueError(f"critic.net.features=base needs a base with an observation encoder (a trained "
+                             f"network); {type(base).__name__} has none: use net.features=own")
+        net = dataclasses.replace(net, encoder=dataclasses.asdict(enc.cfg))
+        critic = cls(base.spec, net, dict(enc.normalizer.stats))
+        critic.features.encoder.load_state_dict(enc.state_dict())
+        return critic
+
     def encode(self, obs: Mapping[str, torch.Tensor], task: Sequence[str] | None = None) -> torch.Tensor:
         """Observation (+ task one-hot) features (B, F)."""
-        feats = self.features(obs)
+        return self.with_task(self.features(obs), task)
+
+    def with_task(self, feats: torch.Tensor, task: Sequence[str] | None = None) -> torch.Tensor:
+        """Observation features (B, F_obs) -> critic features (task one-hot appended when conditioned)."""
         if self.task_index:
             onehot = torch.zeros(feats.shape[0], len(self.task_index), device=feats.device)
             for i, t in enumerate(task or []):
@@ -136,6 +167,18 @@ def build_critic(critic_meta: Mapping[str, Any]) -> SteeringCritic:
     """The critic described by a ``VGPSConfig.critic`` entry (weights not loaded)."""
     net = to_dataclass(critic_meta.get("net") or {}, CriticNetConfig, "critic.net")
     return SteeringCritic(PolicySpec.from_dict(critic_meta["spec"]), net, critic_meta.get("stats") or {})
+
+
+def base_encoder(base: Policy) -> nn.Module | None:
+    """The observation encoder of a local network base (``ModelPolicy``), else None."""
+    enc = getattr(getattr(base, "model", None), "encoder", None)
+    return enc if isinstance(enc, nn.Module) and hasattr(enc, "cfg") else None
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu())
+                                          for k in sa)
 
 
 def base_task(base: Policy) -> str | None:
@@ -172,6 +215,8 @@ class VGPSPolicy(WrapperPolicy):
             raise ValueError(f"vgps: the critic was trained for task '{task}', the base policy for '{btask}'")
         self.critic = (critic or build_critic(meta)).to(self.device).eval()
         self.task = task
+        self._task_code = self.critic.with_task(torch.zeros(1, 0, device=self.device), [task or ""])
+        self.shared_features = self._shares_encoder()
         self.rng = np.random.default_rng(self.config.seed)
         self._warned_deterministic = False
         self._identical = 0
@@ -186,6 +231,13 @@ class VGPSPolicy(WrapperPolicy):
         if bad:
             raise ValueError(f"vgps: critic weights {bad[:3]} contain NaN/inf (a diverged critic cannot steer)")
         self.critic.load_state_dict(state_dict)
+        self.shared_features = self._shares_encoder()
+
+    def _shares_encoder(self) -> bool:
+        """Whether the base's own observation features are the critic's (one encoding for both)."""
+        enc = base_encoder(self.base)
+        return (self.critic.net_config.features == "base" and enc is not None
+                and hasattr(self.base, "sample_chunks_with_features") and _same_weights(enc, self.critic.features.encoder))
 
     def reseed(self, seed: int) -> None:
         """Reseed the base and the selection noise."""
@@ -201,10 +253,14 @@ class VGPSPolicy(WrapperPolicy):
         self.rng = np.random.default_rng([self.config.seed, crc])
 
     @torch.inference_mode()
-    def score(self, obs_history: Mapping[str, np.ndarray], chunks: np.ndarray) -> np.ndarray:
-        """Critic scores (K,) of candidate chunks (K, H, A) for one observation history, in one batched pass."""
-        obs = {k: torch.as_tensor(np.asarray(obs_history[k]))[None].to(self.device) for k in self.spec.obs_shapes}
-        feats = self.critic.encode(obs, [self.task or ""])
+    def score(self, obs_history: Mapping[str, np.ndarray], chunks: np.ndarray,
+              obs_features: torch.Tensor | None = None) -> np.ndarray:
+        """Critic scores (K,) of candidate chunks (K, H, A) for one observation history, in one batched pass;
+        ``obs_features`` (1, F): the base's encoding of it, when shared (then the critic does not encode)."""
+        if obs_features is None:
+            obs = {k: torch.as_tensor(np.asarray(obs_history[k]))[None].to(self.device) for k in self.spec.obs_shapes}
+            obs_features = self.critic.features(obs)
+        feats = torch.cat([obs_features.to(self.device).float(), self._task_code], -1)
         k = len(chunks)
         q = self.critic(feats.expand(k, -1), torch.as_tensor(np.asarray(chunks), dtype=torch.float32, device=self.device))
         s = q.mean(0) if self.config.aggregate == "mean" else q.min(0).values
@@ -229,7 +285,11 @@ class VGPSPolicy(WrapperPolicy):
 
     def predict_chunk_with_info(self, obs_history: dict[str, np.ndarray]) -> ChunkResult:
         """Selected chunk; ``info`` carries every candidate's score, the choice and the spread."""
-        chunks = np.asarray(self.base.sample_chunks(obs_history, self.config.k))
+        feats = None
+        if self.shared_features:
+            chunks, feats = self.base.sample_chunks_with_features(obs_history, self.config.k)  # type: ignore[attr-defined]
+        else:
+            chunks = np.asarray(self.base.sample_chunks(obs_history, self.config.k))
         if chunks.shape[0] != self.config.k:
             raise ValueError(f"vgps: base returned {chunks.shape[0]} candidates, asked for {self.config.k}")
         spread = float(np.abs(chunks - chunks[:1]).max()) if len(chunks) > 1 else 0.0
@@ -238,10 +298,10 @@ class VGPSPolicy(WrapperPolicy):
         self._identical = self._identical + 1 if len(chunks) > 1 and spread <= self.config.deterministic_tol else 0
         if self._identical >= 3:
             self._warn_deterministic()
-        scores = self.score(obs_history, chunks)
+        scores = self.score(obs_history, chunks, feats)
         i = self.choose(scores)
         return ChunkResult(chunks[i], {"vgps_scores": scores.tolist(), "vgps_choice": i,
-                                       "vgps_candidate_spread": spread})
+                                       "vgps_candidate_spread": spread, "vgps_shared_features": self.shared_features})
 
     def _warn_deterministic(self) -> None:
         if not self._warned_deterministic:

@@ -95,7 +95,8 @@ def train_toy_critic(tmp: Path, algo: str = "calql", steps: int = 1000, episodes
         collect(data, HalfBadBase(1), episodes, seed=0)
     cfg = CriticTrainConfig(base="-", data=[data], out_dir=str(tmp / f"critic_{algo}"), algo=algo, steps=steps,
                             batch_size=256, n_step=SPEC.n_action_steps, gamma=0.98, progress=False, task="toy",
-                            net=CriticNetConfig(ensemble={"n_heads": 2, "hidden_dims": [128, 128], "target_subset": 2}))
+                            net=CriticNetConfig(features="own", ensemble={"n_heads": 2, "hidden_dims": [128, 128],
+                                                                    "target_subset": 2}))
     return train(cfg, HalfBadBase(), stats=STATS)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -29,25 +30,54 @@ REPO = Path(__file__).resolve().parents[2]
 NET = CriticNetConfig(encoder=TINY_ENC, ensemble={"n_heads": 2, "hidden_dims": [16], "target_subset": 2})
 
 
-def _steered(kind: str = "bc_gmm", **settings) -> VGPSPolicy:
+def _steered(kind: str = "bc_gmm", features: str = "base", **settings) -> VGPSPolicy:
     torch.manual_seed(0)
     base = ModelPolicy(_model(kind), seed=5)
-    critic = SteeringCritic(SPEC, NET, STATS)
-    meta = {"net": {"score": "first", "encoder": TINY_ENC, "ensemble": NET.ensemble, "tasks": []},
-            "spec": SPEC.to_dict(), "task": "", "stats": STATS, "algo": "calql"}
+    critic = SteeringCritic.on_base(base, dataclasses.replace(NET, features=features), STATS)
+    meta = {"net": dataclasses.asdict(critic.net_config), "spec": SPEC.to_dict(), "task": "", "stats": STATS,
+            "algo": "calql"}
     return make_vgps(base, critic, meta, **settings)
 
 
-def test_k_chunks_come_from_one_sample_call_and_are_scored_in_one_batched_pass() -> None:
-    pol = _steered(k=6)
-    calls = {"sample": [], "q": []}
-    orig = pol.base.sample_chunks
-    pol.base.sample_chunks = lambda obs, k: calls["sample"].append(k) or orig(obs, k)  # type: ignore[method-assign]
+@pytest.mark.parametrize("kind", ["bc_gmm", "diffusion"])
+def test_k_chunks_come_from_one_sample_call_and_are_scored_in_one_batched_pass(kind: str) -> None:
+    pol = _steered(kind, k=6)
+    assert pol.shared_features  # the critic sits on the base's own (frozen) encoder
+    pol.predict_chunk(_obs_history())  # builds diffusion's inference engine (which runs the encoder to check it)
+    pol.reset()  # and forgets its cached frame features
+    calls = {"sample": [], "q": [], "base_enc": 0, "critic_enc": 0}
+    orig = pol.base.sample_chunks_with_features
+    pol.base.sample_chunks_with_features = lambda obs, k: calls["sample"].append(k) or orig(obs, k)  # type: ignore
     pol.critic.q.register_forward_hook(lambda m, i, o: calls["q"].append(tuple(o.shape)))
+    for cam in pol.base.model.encoder.cameras.values():  # the eager encoders (diffusion: unless compiled)
+        cam.register_forward_hook(lambda m, i, o: calls.__setitem__("base_enc", calls["base_enc"] + 1))
+    pol.critic.features.encoder.register_forward_hook(
+        lambda m, i, o: calls.__setitem__("critic_enc", calls["critic_enc"] + 1))
     res = pol.predict_chunk_with_info(_obs_history())
     assert calls["sample"] == [6] and calls["q"] == [(2, 6)]  # one sample call, one (heads, K) critic pass
+    # the observation is encoded once, for both (0 where diffusion runs a compiled camera graph)
+    assert calls["critic_enc"] == 0 and (calls["base_enc"] == 1 or kind == "diffusion" and calls["base_enc"] == 0)
     assert res.actions.shape == (SPEC.horizon, SPEC.action_dim) and len(res.info["vgps_scores"]) == 6
     assert res.info["vgps_choice"] == int(np.argmax(res.info["vgps_scores"]))  # beta = 0: argmax
+    assert res.info["vgps_shared_features"]
+    # the shared features are exactly what the critic's own copy of the encoder computes (remote-base path)
+    chunks = np.stack([res.actions] * 3)
+    own = pol.score(_obs_history(), chunks)
+    pol.base.reseed(0)
+    _, feats = orig(_obs_history(), 1)
+    assert np.allclose(pol.score(_obs_history(), chunks, feats), own, atol=1e-4)
+
+
+def test_a_critic_on_other_encoder_weights_encodes_on_its_own() -> None:
+    pol = _steered(features="own")
+    assert not pol.shared_features and pol.critic.features.frozen is False
+    res = pol.predict_chunk_with_info(_obs_history())
+    assert not res.info["vgps_shared_features"] and len(res.info["vgps_scores"]) == pol.config.k
+    frozen = _steered()
+    with torch.no_grad():  # a critic whose encoder copy differs from the base's must not use the base's features
+        next(frozen.critic.features.encoder.parameters()).add_(1.0)
+    frozen.load_own_state_dict(frozen.critic.state_dict())
+    assert not frozen.shared_features
 
 
 def test_selection_argmax_softmax_and_random() -> None:
