@@ -192,6 +192,13 @@ def main() -> int:
         "drained each subscription's backlog in one callback (one message per executor wait-set pass costs "
         "~0.3 ms of Python), a 60 s run at load average 12 recorded 11569 of 30000 joint states."
     )
+    expected = {"joint": args.seconds * args.joint_hz, **{f"camera_{c}": args.seconds * args.cam_hz for c in CAMERAS}}
+    starved = [f"{n} {counts[n]} of {e:.0f}" for n, e in expected.items() if counts[n] < 0.9 * e]
+    if starved:  # the driver could not publish at its rates: this run measured the machine, not the recorder
+        print(body)
+        print(f"not written to benchmarks/README.md: the driver published only {', '.join(starved)} "
+              f"({load_note(load0)}); rerun on a quieter machine", file=sys.stderr)
+        return 3
     if args.no_write:
         print(body)
     else:
