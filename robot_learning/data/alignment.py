@@ -45,6 +45,7 @@ from robot_learning.data.streams import (  # noqa: F401  (re-exported: the recor
 )
 
 GAP_PERIODS = 2.5  # an interval longer than this many periods is a gap (frames missing), not jitter
+MAX_DROP_CAUSES = 64  # distinct dropped-tick causes kept per episode (EpisodeAligner.drops); the rest are lumped
 
 
 @dataclass
@@ -407,6 +408,8 @@ class EpisodeAligner:
             for name in missing:
                 self.stats[name].missing_steps += 1
             why = " + ".join(self.drop_reason(name, t) for name in missing)
+            if why not in self.drops and len(self.drops) >= MAX_DROP_CAUSES:  # bounded: each gap is its own cause
+                why = f"other causes ({' + '.join(missing)} missing)"
             self.drops[why] = self.drops.get(why, 0) + 1
             return _DROPPED
         step = Step(t=t, data={}, stamps={"step": t})

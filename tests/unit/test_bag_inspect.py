@@ -272,3 +272,24 @@ def test_an_mcap_without_crcs_is_imported_with_a_warning(tmp_path, capsys) -> No
     assert "written without CRCs; corruption inside its payloads cannot be detected" in capsys.readouterr().err
     assert cli([str(bag), "--dry-run"]) == 0
     assert "warning: " in capsys.readouterr().out
+
+
+def test_dropped_tick_causes_are_per_gap_and_bounded() -> None:
+    from robot_learning.data.alignment import MAX_DROP_CAUSES, EpisodeAligner
+
+    streams = [StreamConfig("joint", "/j", "joint_position", rate_hz=100.0, dim=2),
+               StreamConfig("cam", "/c", "pose", rate_hz=30.0)]
+    al = EpisodeAligner(streams, "joint", 10.0, max_wait_s=float("inf"))
+    seconds = MAX_DROP_CAUSES + 16  # one 0.5 s gap per second: more distinct gaps than causes kept
+    events = [(i / 100, "joint", {"joint": np.zeros(2)}) for i in range(seconds * 100)]
+    events += [(0.002 + k / 30, "cam", {"cam": np.zeros(7)}) for k in range(seconds * 30) if (k / 30) % 1.0 < 0.5]
+    for t, name, values in sorted(events, key=lambda e: e[0]):
+        al.add(name, T0 + t, values, recv_time=T0 + t + 0.001)
+        al.pop_ready(now=T0 + t + 0.001)
+    al.flush()
+    # ticks at .6 .7 .8 .9 of every second have no frame within 50 ms; each gap is its own cause until the cap
+    assert sum(al.drops.values()) == al.stats["cam"].missing_steps == 4 * seconds
+    assert len(al.drops) == MAX_DROP_CAUSES + 1
+    assert al.drops["other causes (cam missing)"] == 4 * (seconds - MAX_DROP_CAUSES)
+    first = "cam: gap of 0.53 s in its stamps at t=0.47 s"
+    assert al.drops[first] == 4, sorted(al.drops)[:3]
