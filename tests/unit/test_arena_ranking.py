@@ -85,3 +85,40 @@ def test_choose_pair_randomises_order_and_reports_probability() -> None:
     assert firsts == {1, 2} and all(d[2] == 1.0 for d in draws)
     with pytest.raises(ValueError, match="no compatible pair"):
         choose_pair({}, rng)
+
+
+def _width(board: object, pid: int) -> float:
+    row = next(r for r in board.rows if r["policy_id"] == pid)
+    return row["upper"] - row["lower"]
+
+
+def test_one_or_two_votes_give_wide_intervals_and_no_separated_ranks() -> None:
+    # a plain resampling bootstrap of one vote draws the same vote every time: zero width, ranks 1 and 2
+    for comps in ([Comparison(1, 2, "A")], [Comparison(1, 2, "A")] * 2, [Comparison(1, 2, "A"), Comparison(2, 3, "tie")]):
+        board = leaderboard(comps, ids=[1, 2, 3], n_boot=200)
+        seen = [r for r in board.rows if r["comparisons"] > 0]
+        assert all(r["upper"] - r["lower"] > 300 for r in seen), board.rows
+        assert {r["rank"] for r in seen} == {1}, board.rows
+        assert all(r["lower"] <= r["score"] <= r["upper"] for r in board.rows)
+    # the prior only shrinks: one win still puts the winner ahead on the point estimate
+    one = leaderboard([Comparison(1, 2, "A")], ids=[1, 2], n_boot=50)
+    assert one.rows[0]["policy_id"] == 1 and one.rows[0]["score"] > one.rows[1]["score"]
+
+
+def test_intervals_narrow_with_votes_and_separate_a_clear_winner() -> None:
+    split = [Comparison(1, 2, "A"), Comparison(1, 2, "B")]
+    widths = [_width(leaderboard(split * n, ids=[1, 2], n_boot=100), 1) for n in (2, 10, 50)]
+    assert widths[0] > widths[1] > widths[2] > 0, widths
+    board = leaderboard([Comparison(1, 2, "A")] * 20, ids=[1, 2], n_boot=100)  # 20-0
+    assert [r["rank"] for r in board.rows] == [1, 2]
+    board = leaderboard(split * 10, ids=[1, 2], n_boot=100)  # 10-10
+    assert [r["rank"] for r in board.rows] == [1, 1]
+
+
+def test_equal_policies_are_rarely_separated() -> None:
+    truth = np.zeros(3)
+    separated = 0
+    for seed in range(10):
+        board = leaderboard(simulate(truth, 30, seed=seed), ids=range(3), n_boot=60, seed=seed)
+        separated += len({r["rank"] for r in board.rows}) > 1
+    assert separated <= 2, separated  # a 95 % interval per policy: false separations stay rare
