@@ -146,12 +146,14 @@ def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """``target <- (1 - tau) * target + tau * source`` for every parameter and float buffer."""
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must be in (0, 1], got {tau}")
-    t_params = [p for p in target.parameters()]
-    s_params = [p for p in source.parameters()]
-    if len(t_params) != len(s_params):
-        raise ValueError("polyak_update: target and source have different parameters")
-    torch._foreach_lerp_(t_params, s_params, tau)
-    for tb, sb in zip(target.buffers(), source.buffers(), strict=True):
+    t_params, s_params = list(target.parameters()), list(source.parameters())
+    t_bufs, s_bufs = list(target.buffers()), list(source.buffers())
+    if len(t_params) != len(s_params) or len(t_bufs) != len(s_bufs):
+        raise ValueError(f"polyak_update: target and source differ ({len(t_params)} vs {len(s_params)} parameters, "
+                         f"{len(t_bufs)} vs {len(s_bufs)} buffers)")
+    if t_params:  # a parameterless module (e.g. features of low-dim keys only) has nothing to move
+        torch._foreach_lerp_(t_params, s_params, tau)
+    for tb, sb in zip(t_bufs, s_bufs, strict=True):
         if tb.dtype.is_floating_point:
             tb.lerp_(sb, tau)
         else:

@@ -28,14 +28,20 @@ import torch
 from robot_learning.config import to_dataclass
 from robot_learning.rl.actors import UTDSchedule
 from robot_learning.rl.config import RLParts, validate_parts
-from robot_learning.rl.replay import EpisodeFilter, MixedReplay, ReplaySource
+from robot_learning.rl.features import feature_key
+from robot_learning.rl.replay import (
+    EpisodeFilter,
+    MixedReplay,
+    ReplaySource,
+    camera_features,
+    planned_actions,
+)
 from robot_learning.rl.residual import (
     BASE_ACTION_KEY,
     LearnerSettings,
     ResidualConfig,
     ResidualLearner,
     ResidualPolicy,
-    base_step_actions,
 )
 from robot_learning.stats import wilson_interval
 from robot_learning.train.metrics import write_csv
@@ -60,6 +66,7 @@ class FinetuneConfig:
     env_steps: int = 50000
     warmup_episodes: int = 10
     warmup_noise_std: float = 0.1
+    residual_penalty: float = 0.0  # > 0: pull the residual towards 0 (actor loss -Q/mean|Q| + w * (res/scale)^2)
     eval_every: int = 2000
     eval_episodes: int = 50
     eval_seed: int = 100_000_000
@@ -95,14 +102,15 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
     return fc, parts
 
 
-def learner_settings(parts: RLParts) -> LearnerSettings:
-    """The learner's view of the shared parts."""
+def learner_settings(parts: RLParts, residual_penalty: float = 0.0) -> LearnerSettings:
+    """The learner's view of the shared parts (and the method's own actor regulariser)."""
     a, lr = parts.actor, parts.learner
     if a.kind != "td3":
         raise ValueError(f"residual: actor.kind={a.kind} is not implemented (td3 only)")
     return LearnerSettings(critic=parts.critic, actor_lr=a.lr, target_noise_std=a.target_noise_std,
                            target_noise_clip=a.target_noise_clip, critic_warmup_updates=lr.critic_warmup_updates,
-                           actor_every=lr.actor_every, actor_tau=parts.critic.tau, grad_clip=lr.grad_clip, seed=lr.seed)
+                           actor_every=lr.actor_every, actor_tau=parts.critic.tau, grad_clip=lr.grad_clip, seed=lr.seed,
+                           residual_penalty=residual_penalty)
 
 
 def make_env(cfg: FinetuneConfig, spec: Any) -> Any:
@@ -180,7 +188,7 @@ class Finetuner:
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.base = base if base is not None else load_policy(cfg.base, device=cfg.device, seed=cfg.seed)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
-        self.learner = ResidualLearner(self.policy, learner_settings(parts))
+        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty))
         self.env = env if env is not None else make_env(cfg, self.base.spec)
         self.agent = PolicyAgent(self.policy)
         self.store = EpisodeStore.open(str(self.out / "online.zarr"), mode="a")
@@ -196,16 +204,21 @@ class Finetuner:
     def _replay(self) -> MixedReplay:
         r = self.parts.replay
         keys = list(self.base.spec.obs_shapes)
+        cached: dict[str, Any] = {}
+        if self.policy.encoder is not None and r.cache_features:  # frozen base encoder: features once per frame
+            cached = {feature_key(c): camera_features(self.policy.encoder, c, device=self.cfg.device)
+                      for c in self.policy.config.cameras}
+            keys = [k for k in keys if k not in self.policy.config.cameras]  # images stay in the store only
         common = {"obs_keys": keys, "n_obs_steps": self.base.spec.n_obs_steps, "n_step": r.n_step, "gamma": r.gamma,
                   "reward": r.reward}
         stored_plan = _stored_column(PLANNED_KEY)
-        sources = {"online": ReplaySource(self.store, derived={BASE_ACTION_KEY: stored_plan}, name="online",
+        sources = {"online": ReplaySource(self.store, derived={BASE_ACTION_KEY: stored_plan, **cached}, name="online",
                                           filter=EpisodeFilter(source="policy", predicate=self.filter), **common)}
         if self.cfg.demos:
             if not Path(self.cfg.demos).exists() and "://" not in self.cfg.demos:
                 raise FileNotFoundError(f"demos={self.cfg.demos}: no such episode store")
-            relabel = base_step_actions(self.base, seed=self.cfg.seed)  # target residual = demo - base
-            sources["demo"] = ReplaySource(self.cfg.demos, derived={BASE_ACTION_KEY: relabel}, name="demo",
+            relabel = planned_actions(self.base, seed=self.cfg.seed)  # target residual = demo - base
+            sources["demo"] = ReplaySource(self.cfg.demos, derived={BASE_ACTION_KEY: relabel, **cached}, name="demo",
                                            filter=EpisodeFilter(success=True), **common)
             if len(sources["demo"]) == 0:
                 raise ValueError(f"demos={self.cfg.demos}: no successful episodes to learn from")
@@ -272,6 +285,8 @@ class Finetuner:
             self.replay.refresh()
         losses: dict[str, float] = {}
         n_updates = 0 if warm else self.utd.updates_for(steps)
+        if not warm and self.learner.updates == 0:  # critic-only warm-up as one block on the warm-up data
+            n_updates += self.parts.learner.critic_warmup_updates
         for _ in range(n_updates):
             losses = self.learner.update(self.replay.sample(self.parts.replay.batch_size))
         row = {"env_steps": self.env_steps, "episode": k, "success": int(success), "length": steps,

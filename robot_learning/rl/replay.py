@@ -339,10 +339,12 @@ def camera_features(encoder: torch.nn.Module, key: str, batch_size: int = 256,
     return features
 
 
-def planned_actions(policy: Any, n_action_steps: int | None = None, seed: int = 0) -> DerivedFn:
-    """A derived column: the action ``policy`` would have planned at every stored step, executing its
+def planned_actions(policy: Any, n_action_steps: int | None = None, seed: int = 0, step_hook: bool = True) -> DerivedFn:
+    """A derived column: the action ``policy`` would have executed at every stored step, running its
     chunks open-loop as the sim agent and the deploy controller do (re-plan every ``n_action_steps``,
-    history padded with the episode's first frame, ``reset`` + ``reseed(seed + episode)`` per episode).
+    history padded with the episode's first frame, ``reset`` + ``reseed(seed + episode)`` per episode),
+    then, with ``step_hook``, the policy's own per-step hook (``step_action``) on each step as the agents
+    apply it (e.g. a wrapper base such as a perturbed policy).
 
     Used to relabel demonstrations with a frozen base's prediction (residual RL: target = demo - base).
     Like every derived column it is sampled as a history: the step's own value is ``obs[name][:, -1]``
@@ -353,6 +355,7 @@ def planned_actions(policy: Any, n_action_steps: int | None = None, seed: int = 
     if not 1 <= n_exec <= spec.horizon:
         raise ValueError(f"n_action_steps={n_exec} must be in 1..horizon={spec.horizon}")
     back = np.arange(spec.n_obs_steps - 1, -1, -1)
+    hooked = step_hook and bool(getattr(policy, "has_step_hook", False))
 
     def plan(info: EpisodeInfo, steps: Mapping[str, np.ndarray]) -> np.ndarray:
         policy.reset()  # chunk state never leaks from one episode into the next
@@ -363,6 +366,10 @@ def planned_actions(policy: Any, n_action_steps: int | None = None, seed: int = 
             chunk = np.asarray(policy.predict_chunk({k: steps[k][rows] for k in spec.obs_shapes}))
             n = min(n_exec, info.length - t)
             out[t : t + n] = chunk[:n]
+            if hooked:  # the hook sees each step's own history, in execution order
+                for i in range(t, t + n):
+                    hist = {k: steps[k][np.maximum(i - back, 0)] for k in spec.obs_shapes}
+                    out[i] = policy.step_action(hist, out[i], i - t)
         return out
 
     plan.inputs = tuple(spec.obs_shapes)  # type: ignore[attr-defined]

@@ -13,9 +13,15 @@ chunk state is part of the residual's environment). Demonstrations are relabelle
 prediction on each demo frame (rl/replay.py: planned_actions, base reset per episode), so a demo
 transition carries (state, base action, executed = demo action): target residual = demo - base.
 
+Observation features (``ResidualConfig.encoder``): ``own`` reads the base's low-dim inputs (raw) and,
+for ``cameras``, small conv encoders trained through the critic; ``base`` reuses the frozen base's
+image encoder for every camera of the base (its low-dim inputs normalized with the base's statistics),
+so replay can hold per-frame camera features computed once (rl/replay.py: camera_features) and a
+learner update costs MLPs only.
+
 Pieces: ``ResidualConfig`` (the policy's hyper-parameters, stored in its composite checkpoint),
-``ResidualFeatures`` (observation -> vector; low-dim keys and optionally small trained camera
-encoders), ``ResidualPolicy`` (the registered wrapper ``residual``), ``ResidualLearner`` (TD3-style
+``ResidualFeatures`` (observation -> vector), ``ResidualPolicy`` (the registered wrapper
+``residual``), ``ResidualLearner`` (TD3-style
 updates with n-step targets, critic warm-up, Polyak targets) and ``relabel_residuals``.
 """
 
@@ -42,6 +48,7 @@ from robot_learning.rl.critics import (
     td_loss,
     td_target,
 )
+from robot_learning.rl.features import feature_key
 from robot_learning.rl.replay import planned_actions
 
 BASE_ACTION_KEY = "base_action"  # replay column / store key of the base's planned action per step
@@ -52,7 +59,9 @@ class ResidualConfig:
     """The residual actor's architecture (stored as the composite's ``policy_config``)."""
 
     lowdim_keys: list[str] | None = None  # None: every low-dim input of the base (resolved when built)
-    cameras: list[str] = field(default_factory=list)  # small trained conv encoders (empty: low-dim only)
+    encoder: str = "auto"  # own: raw low-dim + trained convs for `cameras`; base: the frozen base's encoder;
+    # auto: base when the base has cameras and an image encoder, else own (stored resolved)
+    cameras: list[str] = field(default_factory=list)  # own: small trained conv encoders; base: resolved to all
     camera_channels: int = 16
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     action_scale: float = 0.2  # fraction of the normalized action range
@@ -75,34 +84,85 @@ class _ConvEncoder(nn.Module):
         return self.net(img.permute(0, 3, 1, 2).float() / 255.0)
 
 
-class ResidualFeatures(nn.Module):
-    """Newest frame of ``{key: (B, T, ...)}`` plus the base action -> (B, dim)."""
+class _Shared:
+    """Holds a frozen module that is not a submodule: not in ``state_dict``, not copied by ``deepcopy``."""
 
-    def __init__(self, spec: PolicySpec, config: ResidualConfig) -> None:
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __deepcopy__(self, memo: dict) -> _Shared:
+        return self
+
+
+ENCODERS = ("own", "base", "auto")
+
+
+def base_encoder(base: Policy, required: bool = True) -> nn.Module | None:
+    """The frozen image encoder (``ObsEncoder``) of a trained base, looking through wrapper bases."""
+    policy = base
+    while getattr(policy, "model", None) is None and isinstance(policy, WrapperPolicy):
+        policy = policy.base
+    encoder = getattr(getattr(policy, "model", None), "encoder", None)
+    if encoder is None or not hasattr(encoder, "encode_camera"):
+        if not required:
+            return None
+        raise ValueError(f"residual.encoder=base needs a trained base with an image encoder (BC, diffusion); "
+                         f"{type(base).__name__} has none (use residual.encoder=own)")
+    return encoder
+
+
+class ResidualFeatures(nn.Module):
+    """Newest frame of ``{key: (B, T, ...)}`` plus the base action -> (B, dim).
+
+    With a frozen base encoder, a ``feat/<camera>`` column in the batch (cached features) is used
+    instead of the camera's images.
+    """
+
+    def __init__(self, spec: PolicySpec, config: ResidualConfig, encoder: nn.Module | None = None) -> None:
         super().__init__()
+        if config.encoder not in ENCODERS[:2]:
+            raise ValueError(f"residual.encoder={config.encoder!r}: choose from {', '.join(ENCODERS)}")
         lowdim_keys = spec.lowdim_keys if config.lowdim_keys is None else config.lowdim_keys
         missing = [k for k in [*lowdim_keys, *config.cameras] if k not in spec.obs_shapes]
         if missing:
             raise ValueError(f"residual: observation keys {missing} are not inputs of the base policy "
                              f"(it has {sorted(spec.obs_shapes)})")
         self.lowdim_keys, self.cameras = list(lowdim_keys), list(config.cameras)
-        self.convs = nn.ModuleDict({c: _ConvEncoder(config.camera_channels) for c in self.cameras})
+        self.frozen = _Shared(encoder) if config.encoder == "base" else None
+        if self.frozen is not None and encoder is None:
+            raise ValueError("residual.encoder=base: no base encoder given")
+        self.convs = nn.ModuleDict({} if self.frozen else {c: _ConvEncoder(config.camera_channels) for c in self.cameras})
+        per_camera = encoder.cfg.feature_dim if self.frozen else config.camera_channels
         lowdim = sum(int(np.prod(spec.obs_shapes[k])) for k in self.lowdim_keys)
-        self.dim = lowdim + len(self.cameras) * config.camera_channels + spec.action_dim
+        self.dim = lowdim + len(self.cameras) * per_camera + spec.action_dim
+
+    def _camera(self, obs: Mapping[str, torch.Tensor], camera: str) -> torch.Tensor:
+        if self.frozen is None:
+            return self.convs[camera](obs[camera][:, -1])
+        cached = obs.get(feature_key(camera))
+        if cached is not None:
+            return cached[:, -1].float()
+        with torch.no_grad():
+            return self.frozen.module.encode_camera(camera, obs[camera][:, -1]).float()
 
     def forward(self, obs: Mapping[str, torch.Tensor], base_action: torch.Tensor) -> torch.Tensor:
         """Features of the newest observation step and the base's normalized action."""
-        parts = [obs[k][:, -1].reshape(len(base_action), -1).float() for k in self.lowdim_keys]
-        parts += [self.convs[c](obs[c][:, -1]) for c in self.cameras]
+        b = len(base_action)
+        if self.frozen is None:
+            parts = [obs[k][:, -1].reshape(b, -1).float() for k in self.lowdim_keys]
+        else:
+            norm = self.frozen.module.normalizer
+            parts = [norm.normalize(k, obs[k][:, -1].reshape(b, -1).float()) for k in self.lowdim_keys]
+        parts += [self._camera(obs, c) for c in self.cameras]
         return torch.cat([*parts, base_action.float()], dim=-1)
 
 
 class ResidualNet(nn.Module):
     """Features + zero-initialised tanh actor: ``residual(obs, base_action)``."""
 
-    def __init__(self, spec: PolicySpec, config: ResidualConfig) -> None:
+    def __init__(self, spec: PolicySpec, config: ResidualConfig, encoder: nn.Module | None = None) -> None:
         super().__init__()
-        self.features = ResidualFeatures(spec, config)
+        self.features = ResidualFeatures(spec, config, encoder)
         self.actor = DeterministicActor(self.features.dim, spec.action_dim, config.hidden_dims,
                                         action_scale=config.action_scale, zero_init_last=True,
                                         layer_norm=config.layer_norm)
@@ -153,10 +213,19 @@ class ResidualPolicy(WrapperPolicy):
         config = copy.deepcopy(config or ResidualConfig())
         if config.lowdim_keys is None:  # stored resolved, so the checkpoint says what the actor reads
             config.lowdim_keys = list(base.spec.lowdim_keys)
+        if config.encoder not in ENCODERS:
+            raise ValueError(f"residual.encoder={config.encoder!r}: choose from {', '.join(ENCODERS)}")
+        if config.encoder == "auto":
+            found = base_encoder(base, required=False) if base.spec.image_keys else None
+            config.encoder = "base" if found is not None else "own"
+        encoder = base_encoder(base) if config.encoder == "base" else None
+        if encoder is not None and not config.cameras:
+            config.cameras = list(base.spec.image_keys)
         super().__init__(base, config, device)
         if self.config.action_scale <= 0 or not self.config.low < self.config.high:
             raise ValueError(f"residual: need action_scale > 0 and low < high, got {self.config}")
-        self.net = ResidualNet(self.spec, self.config).to(self.device).eval()
+        self.encoder = encoder  # frozen, shared with the base (None: own features)
+        self.net = ResidualNet(self.spec, self.config, encoder).to(self.device).eval()
         self.hook = ResidualHook(self.net, self.config, self.device)
 
     def own_state_dict(self) -> dict[str, torch.Tensor]:
@@ -220,6 +289,7 @@ class LearnerSettings:
     actor_every: int = 1
     actor_tau: float = 0.005
     grad_clip: float = 0.0
+    residual_penalty: float = 0.0  # > 0: actor loss -Q/mean|Q| + penalty * mean((residual/action_scale)^2)
     seed: int = 0
 
 
@@ -229,7 +299,7 @@ class ResidualLearner:
     def __init__(self, policy: ResidualPolicy, settings: LearnerSettings) -> None:
         self.policy, self.s = policy, settings
         net = policy.net
-        self.critic_features = ResidualFeatures(policy.spec, policy.config).to(policy.device)
+        self.critic_features = ResidualFeatures(policy.spec, policy.config, policy.encoder).to(policy.device)
         self.critic = CriticEnsemble(self.critic_features.dim, policy.spec.action_dim, settings.critic).to(policy.device)
         self.critic_target = make_target(self.critic)
         self.critic_features_target = make_target(self.critic_features)
@@ -273,9 +343,7 @@ class ResidualLearner:
         self._clip([*self.critic.parameters(), *self.critic_features.parameters()])
         self.critic_opt.step()
         polyak_update(self.critic_target, self.critic, self.s.critic.tau)
-        if any(True for _ in self.critic_features.parameters()):
-            # low-dim-only features have no parameters (rl/critics.py polyak_update needs at least one)
-            polyak_update(self.critic_features_target, self.critic_features, self.s.critic.tau)
+        polyak_update(self.critic_features_target, self.critic_features, self.s.critic.tau)
         self.updates += 1
         out = {"critic_loss": float(loss.detach()) / self.critic.n_heads}
         if self.updates > self.s.critic_warmup_updates and self.updates % self.s.actor_every == 0:
@@ -291,7 +359,12 @@ class ResidualLearner:
             critic_feats = self.critic_features(obs, base)
         delta = net(obs, base)
         action = (base + delta).clamp(self.policy.config.low, self.policy.config.high)
-        loss = -self.critic.q_mean(critic_feats, action).mean()
+        q = self.critic.q_mean(critic_feats, action)
+        if self.s.residual_penalty > 0:  # TD3+BC-style: Q scale-free, so the pull towards the base has a fixed weight
+            shrink = (delta / self.policy.config.action_scale).pow(2).mean()
+            loss = -q.mean() / q.abs().mean().detach().clamp_min(1e-6) + self.s.residual_penalty * shrink
+        else:
+            loss = -q.mean()
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(net.parameters())
@@ -333,39 +406,19 @@ class _Detached(nn.Module):
         return self.net(self.obs, base_action)
 
 
-def base_step_actions(base: Policy, n_action_steps: int | None = None, seed: int = 0) -> Any:
-    """A replay derived column: the base's action at every stored step as it would execute it (chunks
-    open-loop as the agents run them, reset per episode; then the base's own per-step hook, if any)."""
-    plan = planned_actions(base, n_action_steps, seed=seed)
-    if not base.has_step_hook:
-        return plan
-    spec, back = base.spec, np.arange(base.spec.n_obs_steps - 1, -1, -1)
-    n_exec = int(n_action_steps or spec.n_action_steps)
-
-    def column(info: Any, steps: Mapping[str, np.ndarray]) -> np.ndarray:
-        planned = plan(info, steps)  # resets and reseeds the base for this episode
-        out = np.empty_like(planned)
-        for t in range(info.length):
-            hist = {k: steps[k][np.maximum(t - back, 0)] for k in spec.obs_shapes}
-            out[t] = base.step_action(hist, planned[t], t % n_exec)
-        return out
-
-    column.inputs = plan.inputs  # type: ignore[attr-defined]
-    return column
-
-
 def relabel_residuals(base: Policy, episode: Mapping[str, np.ndarray], index: int = 0, seed: int = 0,
                       n_action_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(base's planned action, target residual = demo - base) for every frame of one demo episode.
 
-    The base is reset and reseeded at the episode's start and executes its chunks as the agents do.
+    The base is reset and reseeded at the episode's start and executes its chunks (and its own per-step
+    hook, if any) as the agents do.
     """
     from robot_learning.data.layout import EpisodeInfo, EpisodeMeta
 
     length = len(episode["action"])
     info = EpisodeInfo(index=index, start=0, end=length, length=length, meta=EpisodeMeta(), success=True,
                        start_time=0.0, duration=0.0, uid="", streams={})
-    planned = base_step_actions(base, n_action_steps, seed=seed)(info, episode)
+    planned = planned_actions(base, n_action_steps, seed=seed)(info, episode)
     return planned, np.asarray(episode["action"], dtype=np.float32) - planned
 
 

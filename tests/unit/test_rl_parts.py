@@ -104,6 +104,22 @@ def test_polyak_moves_the_target_by_tau() -> None:
         polyak_update(tgt, src, 0.0)
 
 
+def test_polyak_on_a_parameterless_module_moves_its_buffers_and_refuses_mismatches() -> None:
+    class Stats(torch.nn.Module):
+        def __init__(self, v: float) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.full((3,), v))
+            self.register_buffer("count", torch.tensor(int(v)))
+
+    tgt, src = Stats(0.0), Stats(4.0)
+    polyak_update(tgt, src, 0.25)  # no parameters at all (e.g. features of low-dim keys only)
+    torch.testing.assert_close(tgt.mean, torch.full((3,), 1.0))
+    assert int(tgt.count) == 4  # integer buffers are copied
+    polyak_update(torch.nn.Identity(), torch.nn.Identity(), 0.5)  # nothing to move, no error
+    with pytest.raises(ValueError, match="differ"):
+        polyak_update(torch.nn.Identity(), torch.nn.Linear(2, 2), 0.5)
+
+
 def test_td3_and_sac_actor_updates_raise_q() -> None:
     torch.manual_seed(0)
     critic = CriticEnsemble(F_DIM, A_DIM, CriticConfig(n_heads=3, hidden_dims=[32])).requires_grad_(False)

@@ -204,3 +204,32 @@ def test_planned_actions_relabel_demos_with_the_base_executing_its_chunks(store)
     np.testing.assert_array_equal(col[:5], [[0, 0], [1, 0], [2, 0], [3, 2], [4, 2]])
     batch = src.gather(np.arange(len(src)))
     assert batch["obs"]["base_action"].shape == (len(src), 2, 2)
+
+
+def test_planned_actions_apply_a_wrapper_bases_step_hook(store) -> None:
+    """A base with its own per-step hook (here: adds the step's newest joint_pos) is relabelled as it executes."""
+    from robot_learning.policies.base import Policy, PolicySpec
+    from robot_learning.rl.replay import planned_actions
+
+    class Hooked(Policy):
+        spec = PolicySpec(obs_shapes={"joint_pos": (2,)}, action_dim=2, n_obs_steps=2, horizon=4, n_action_steps=3)
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, float]] = []
+
+        def predict_chunk(self, obs_history):
+            return np.zeros((4, 2), np.float32)
+
+        def step_action(self, obs_history, planned_action, step_in_chunk):
+            assert obs_history["joint_pos"].shape == (2, 2)  # the step's own history
+            self.calls.append((step_in_chunk, float(obs_history["joint_pos"][-1, 1])))
+            return planned_action + 10.0 * obs_history["joint_pos"][-1]
+
+    base = Hooked()
+    plain = ReplaySource(store, ["joint_pos"], derived={"base_action": planned_actions(base, step_hook=False)})
+    assert not base.calls and np.all(plain._cols["base_action"].view() == 0)
+    src = ReplaySource(store, ["joint_pos"], derived={"base_action": planned_actions(base)})
+    joints = src._cols["joint_pos"].view()
+    np.testing.assert_allclose(src._cols["base_action"].view(), 10.0 * joints)
+    assert [c[0] for c in base.calls[:5]] == [0, 1, 2, 0, 1]  # step_in_chunk restarts with each chunk
+    assert [c[1] for c in base.calls[:5]] == list(joints[:5, 1])
