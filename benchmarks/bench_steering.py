@@ -2,11 +2,14 @@
 
 Part ``toy`` (minutes, CPU): the half-bad point-mass base of tests/integration/test_steering.py; the
 critic is trained offline on 200 of the base's own episodes (failures kept) in a real store; every row
-is evaluated on the same unseen seeds (paired). Part ``latency``: the lift base of the default sim
-config (2 cameras 32x32, joint_pos, gripper) alone vs steered at each K (one batched ``sample_chunks``
-+ one critic pass), p50/p95 per chunk. Results are cached under runs/steering/ (re-running resumes).
+is evaluated on the same unseen seeds (paired). Part ``latency``: the real lift bases (BC-GMM, diffusion;
+2 cameras 32x32, joint_pos, gripper) alone vs steered at each K (one ``sample_chunks_with_features``
+call + one critic pass), p50/p95 per chunk and the CPU-time breakdown. Part ``sim``: the real bases
+under runs/bases/<task>/ -- mixed-quality data (``rlstack collect-mixed``), Cal-QL and IQL critics
+(``rlstack train-critic``), every row through ``rlstack eval`` on the same seeds. Results are cached
+under runs/steering/ (re-running resumes).
 
-    .venv/bin/python benchmarks/bench_steering.py [--episodes 200] [--parts toy latency]
+    .venv/bin/python benchmarks/bench_steering.py [--parts toy latency sim] [--task lift] [--bases bc_gmm diffusion]
 """
 
 from __future__ import annotations
@@ -71,67 +74,213 @@ def toy(episodes: int) -> str:
                           rows) + f"\n\nEval seeds {seeds.start}..{seeds.stop - 1} (critic data: seeds 0..199), same seeds for every row."
 
 
-def latency(calls: int = 40) -> str:
-    """p50/p95 per chunk of the lift base alone vs steered at each K."""
+def _latency_rows(name: str, path: Path, rounds: int) -> list[list[object]]:
+    """Interleaved timing of one real base alone vs steered at each K (one round = every variant once)."""
+    import dataclasses
+    import warnings
+
+    import torch
+
+    from robot_learning.policies.checkpoint import load_policy, obs_to_tensors
+    from robot_learning.rl.vgps import CriticNetConfig, SteeringCritic, make_vgps
+
+    base = load_policy(path)
+    spec = base.spec
+    stats = base.checkpoint()["normalizer"]
+    critic = SteeringCritic.on_base(base, CriticNetConfig(score="chunk"), stats)  # the sim rows' critic size
+    meta = {"net": dataclasses.asdict(critic.net_config), "spec": spec.to_dict(), "task": "lift", "stats": stats}
+    steered = {k: make_vgps(base, critic, meta, k=k) for k in KS}
+    assert all(p.shared_features for p in steered.values())
+    rng = np.random.default_rng(0)
+    model = base.model  # type: ignore[attr-defined]
+
+    def obs() -> dict[str, np.ndarray]:  # two new frames per re-plan, as in sim (8 steps per chunk > 2 obs steps)
+        return {k: (rng.integers(0, 255, (spec.n_obs_steps, *s), dtype=np.uint8) if len(s) == 3
+                    else rng.uniform(-1, 1, (spec.n_obs_steps, *s)).astype(np.float32)) for k, s in spec.obs_shapes.items()}
+
+    def encode(o: dict[str, np.ndarray]) -> None:
+        with torch.inference_mode():
+            model.encode_obs(obs_to_tensors(spec, o, base.device))  # type: ignore[attr-defined]
+
+    variants: dict[str, object] = {"base": base.predict_chunk, "encode": encode}
+    for k in KS:
+        variants[f"K={k}"] = steered[k].predict_chunk
+        variants[f"sample K={k}"] = lambda o, k=k: base.sample_chunks(o, k)
+    wall: dict[str, list[float]] = {n: [] for n in variants}
+    cpu: dict[str, list[float]] = {n: [] for n in variants}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for r in range(rounds + 3):
+            o = obs()
+            for n, fn in variants.items():
+                t, c = time.perf_counter(), time.thread_time()
+                fn(o)  # type: ignore[operator]
+                if r >= 3:  # warm-up rounds (inference graphs are built lazily)
+                    wall[n].append(1000 * (time.perf_counter() - t))
+                    cpu[n].append(1000 * (time.thread_time() - c))
+
+    def p(n: str, q: float, d: dict[str, list[float]] = wall) -> float:
+        return float(np.percentile(d[n], q))
+
+    enc = p("encode", 50, cpu)
+    rows: list[list[object]] = [[name, "base alone", f"{p('base', 50):.1f}", f"{p('base', 95):.1f}",
+                                 f"{p('base', 50, cpu):.1f}", "1.00", "1.00", f"{enc:.1f}", "", ""]]
+    for k in KS:
+        n = f"K={k}"
+        samp = p(f"sample K={k}", 50, cpu)
+        rows.append([name, f"steered K={k}", f"{p(n, 50):.1f}", f"{p(n, 95):.1f}", f"{p(n, 50, cpu):.1f}",
+                     f"{p(n, 50) / p('base', 50):.2f}", f"{p(n, 50, cpu) / p('base', 50, cpu):.2f}", f"{enc:.1f}",
+                     f"{samp - enc:.1f}", f"{max(0.0, p(n, 50, cpu) - samp):.1f}"])
+    return rows
+
+
+def latency(bases: dict[str, Path], rounds: int = 60) -> str:
+    """p50/p95 per chunk of each real base alone vs steered at each K, with the CPU-time breakdown."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows = [r for name, path in bases.items() if path.exists() for r in _latency_rows(name, path, rounds)]
+    if not rows:
+        return "No base checkpoint found (" + ", ".join(str(p) for p in bases.values()) + ")."
+    header = ["base", "policy", "p50 ms/chunk", "p95 ms/chunk", "CPU p50 ms", "p50 vs base", "CPU p50 vs base",
+              "encode obs (CPU ms)", "sample K chunks (CPU ms)", "critic (CPU ms)"]
+    return markdown_table(header, rows) + (
+        f"\n\n{rounds} re-plans per row, interleaved (every row once per round, fresh frames each round), one "
+        "torch/onnxruntime thread, as `rlstack eval procs=1` runs. Encode, sample and critic are the CPU-time "
+        "parts of a steered re-plan: the observation is encoded once (shared by the base and the critic), "
+        "the K candidates are one batched base call, the critic one batched pass.")
+
+
+# -- real sim rows -------------------------------------------------------------------------------------
+QUALITIES = ("1.0", "0.7", "0.5", "0.3", "0.1")
+CRITIC_ARGS = ("net.score=chunk", "n_step=8", "gamma=0.98", "steps=4000", "batch_size=256", "progress=false")
+COMMANDS: list[str] = []  # every rlstack command the sim part ran (or would run), for the README
+
+
+def _rlstack(args: list[str], log: Path, done: Path, fresh: Path | None = None) -> None:
+    """Run one ``rlstack`` command (skipped when ``done`` exists), nice'd, one thread, output to ``log``."""
+    import os
+    import shutil
+    import subprocess
+
+    COMMANDS.append("rlstack " + " ".join(a if "[" not in a else f"'{a}'" for a in args))
+    if done.exists():
+        return
+    if fresh is not None and fresh.exists():  # a store left by an interrupted collection: start it again
+        shutil.rmtree(fresh)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(log, "a") as f:
+        code = subprocess.call(["nice", "-n", "10", sys.executable, "-m", "robot_learning.cli", *args], cwd=ROOT,
+                               stdout=f, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        raise RuntimeError(f"rlstack {args[0]} failed (exit {code}); see {log}")
+
+
+def _rel(p: Path) -> str:
+    return str(p.relative_to(ROOT))
+
+
+def _composite(critic_dir: Path, base: Path, out: Path, **settings: object) -> Path:
+    """A steering composite from a trained critic (critic.pt) and the base file (referenced by hash)."""
+    if out.exists():
+        return out
     import torch
 
     from robot_learning.policies.checkpoint import load_policy
-    from robot_learning.rl.vgps import CriticNetConfig, SteeringCritic, make_vgps
+    from robot_learning.rl.vgps import build_critic, make_vgps
 
-    torch.set_num_threads(1)
-    path = ROOT / "runs" / "finetune" / "lift_base" / "bc" / "policy.pt"
-    base = load_policy(path)
-    spec = base.spec
-    rng = np.random.default_rng(0)
-    obs = {k: (rng.integers(0, 255, (spec.n_obs_steps, *s), dtype=np.uint8) if len(s) == 3
-               else rng.uniform(-1, 1, (spec.n_obs_steps, *s)).astype(np.float32)) for k, s in spec.obs_shapes.items()}
-    stats = base.checkpoint()["normalizer"]
-    net = CriticNetConfig()
-    critic = SteeringCritic(spec, net, stats)
-    meta = {"net": {"score": net.score, "encoder": net.encoder, "ensemble": net.ensemble, "tasks": []},
-            "spec": spec.to_dict(), "task": "lift", "stats": stats}
+    saved = torch.load(critic_dir / "critic.pt", weights_only=True)
+    critic = build_critic(saved["meta"])
+    critic.load_state_dict(saved["state_dict"])
+    make_vgps(load_policy(base), critic, saved["meta"], **settings).save(out, base_ref=base)
+    return out
 
-    def timed(fn) -> tuple[float, float]:  # noqa: ANN001
-        for _ in range(3):
-            fn()
-        ts = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            fn()
-            ts.append(1000 * (time.perf_counter() - t))
-        return float(np.percentile(ts, 50)), float(np.percentile(ts, 95))
 
-    b50, b95 = timed(lambda: base.predict_chunk(obs))
-    rows = [["base alone", f"{b50:.1f}", f"{b95:.1f}", "1.00"]]
-    import warnings
+def _eval(ckpt: Path, out: Path, task: str, episodes: int) -> list[bool]:
+    """Successes per seed (seeds 100000.. in order) from ``rlstack eval``."""
+    _rlstack(["eval", f"checkpoint={_rel(ckpt)}", f"task={task}", "task.image_size=32", f"episodes={episodes}",
+              "seed=100000", "procs=1", "videos=0", f"out={_rel(out)}"], out / "eval.log", out / "report.json")
+    rep = json.loads((out / "report.json").read_text())
+    eps = sorted(rep["episodes"], key=lambda e: e["seed"])
+    return [bool(e["success"]) for e in eps]
 
-    for k in KS:
-        pol = make_vgps(base, critic, meta, k=k)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # this base is deterministic; the cost is what is measured here
-            p50, p95 = timed(lambda pol=pol: pol.predict_chunk(obs))
-        rows.append([f"steered K={k}", f"{p50:.1f}", f"{p95:.1f}", f"{p50 / b50:.2f}"])
-    return markdown_table(["policy (lift BC base, 2 cameras 32x32)", "p50 ms/chunk", "p95 ms/chunk", "p50 vs base"], rows)
+
+def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int) -> str:
+    """Rows per base: base, V-GPS (Cal-QL) K in KS, random of K=10, IQL K=10, all on the same seeds."""
+    runs = RUNS / task
+    experts = runs / "experts.zarr"
+    _rlstack(["collect-mixed", "--out", _rel(experts), "--task", task, "--qualities", *QUALITIES, "--episodes", "60",
+              "--seed", "200000", "--task-overrides", "image_size=32"], runs / "experts.log", experts / ".done", fresh=experts)
+    (experts / ".done").touch()
+    parts = []
+    for name, base in bases.items():
+        if not base.exists():
+            parts.append(f"**{name}**: base checkpoint {_rel(base)} not found (not trained yet).")
+            continue
+        d = runs / name
+        results = {"base": _eval(base, d / "eval_base", task, episodes)}
+        rollouts = d / "rollouts.zarr"
+        _rlstack(["collect-mixed", "--out", _rel(rollouts), "--task", task, "--qualities", "--base", _rel(base),
+                  "--base-episodes", str(base_episodes), "--seed", "300000", "--task-overrides", "image_size=32"],
+                 d / "rollouts.log", rollouts / ".done", fresh=rollouts)
+        (rollouts / ".done").touch()
+        for algo in ("calql", "iql"):
+            _rlstack(["train-critic", f"base={_rel(base)}", f"data=[{_rel(experts)},{_rel(rollouts)}]", f"task={task}",
+                      f"algo={algo}", *CRITIC_ARGS, f"out_dir={_rel(d / algo)}"], d / f"{algo}.log", d / algo / "critic.pt")
+        rows = [(f"V-GPS (Cal-QL) K={k}", "calql", {"k": k}) for k in KS]
+        rows += [("random of K=10 (control)", "calql", {"k": 10, "selection": "random"}),
+                 ("V-GPS (IQL) K=10", "iql", {"k": 10})]
+        for label, algo, settings in rows:
+            tag = f"{algo}_k{settings['k']}" + ("_random" if settings.get("selection") else "")
+            ckpt = _composite(d / algo, base, d / f"vgps_{tag}.pt", **settings)
+            COMMANDS.append(f"# {_rel(ckpt)}: {_rel(d / algo / 'critic.pt')} + {_rel(base)} with {settings} "
+                            "(bench_steering.py: _composite)")
+            results[label] = _eval(ckpt, d / f"eval_{tag}", task, episodes)
+        table = [_row(n, w, None if n == "base" else results["base"]) for n, w in results.items()]
+        parts.append(f"**{name}** base ({_rel(base)}):\n\n" + markdown_table(
+            ["policy", "successes", "rate", "Wilson 95 % CI", "Δ points vs base", "won/lost vs base (paired)"], table))
+    return "\n\n".join(parts) + (
+        f"\n\nEval: `rlstack eval` on seeds 100000..{100000 + episodes - 1} (unseen: experts 200000.., base rollouts "
+        "300000..), the same seeds for every row. 'base' is the checkpoint as `rlstack eval` runs it (a BC mixture: "
+        "its top mode's mean; diffusion: one sample); V-GPS K=1 executes one sampled candidate. Critic data: "
+        f"scripted experts at qualities {', '.join(QUALITIES)} (60 episodes each, failures kept) + {base_episodes} "
+        "rollouts of the base executing sampled candidates; critic on the frozen base encoder, scoring the executed "
+        f"chunk ({' '.join(CRITIC_ARGS)}).\n\nCommands:\n\n```\n" + "\n".join(dict.fromkeys(COMMANDS)) + "\n```")
 
 
 def main() -> None:
     """Run the parts and write the tables."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--episodes", type=int, default=200)
-    ap.add_argument("--parts", nargs="*", default=["toy", "latency"])
+    ap.add_argument("--episodes", type=int, default=200, help="toy eval episodes")
+    ap.add_argument("--parts", nargs="*", default=["toy", "latency", "sim"])
+    ap.add_argument("--task", default="lift", help="sim part: the task")
+    ap.add_argument("--bases", nargs="*", default=["bc_gmm", "diffusion"],
+                    help="sim/latency: base kinds under runs/bases/<task>/<kind>/policy.pt")
+    ap.add_argument("--sim-episodes", type=int, default=100)
+    ap.add_argument("--base-episodes", type=int, default=150, help="base rollouts in the critic's data")
+    ap.add_argument("--rounds", type=int, default=60, help="latency: timed re-plans per row")
     args = ap.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
     import os
 
     load0 = os.getloadavg()[0]
-    cmd = f"python benchmarks/bench_steering.py --episodes {args.episodes} --parts"
+    cmd = "python benchmarks/bench_steering.py"
     if "toy" in args.parts:
         write_section("steering_toy", "Value-guided steering (V-GPS): success, toy half-bad base",
-                      toy(args.episodes) + "\n\n" + load_note(load0), f"{cmd} toy")
+                      toy(args.episodes) + "\n\n" + load_note(load0), f"{cmd} --episodes {args.episodes} --parts toy")
     if "latency" in args.parts:
-        write_section("steering_latency", "Value-guided steering (V-GPS): latency per chunk",
-                      "CPU, 1 thread; untrained critic of the default size (cost only).\n\n" + latency() + "\n\n"
-                      + load_note(load0), f"{cmd} latency")
+        bases = {b: ROOT / "runs" / "bases" / "lift" / b / "policy.pt" for b in args.bases}
+        write_section("steering_latency", "Value-guided steering (V-GPS): latency per chunk, real lift bases",
+                      latency(bases, args.rounds) + "\n\n" + load_note(load0),
+                      f"{cmd} --parts latency --bases {' '.join(args.bases)} --rounds {args.rounds}")
+    if "sim" in args.parts:
+        bases = {b: ROOT / "runs" / "bases" / args.task / b / "policy.pt" for b in args.bases}
+        write_section(f"steering_sim_{args.task}", f"Value-guided steering (V-GPS): {args.task}, real bases",
+                      sim(args.task, bases, args.sim_episodes, args.base_episodes) + "\n\n" + load_note(load0),
+                      f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
+                      f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}")
+
 
 if __name__ == "__main__":
     main()

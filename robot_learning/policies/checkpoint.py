@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from robot_learning.config import to_dataclass
-from robot_learning.policies.base import ChunkResult, Policy, PolicySpec
+from robot_learning.policies.base import ChunkResult, Policy, PolicySpec, check_spec_matches
 from robot_learning.policies.model import PolicyModel
 from robot_learning.policies.registry import policy_class, types_of_kind
 
@@ -199,21 +199,27 @@ def load_policy(
     sampler: str | None = None,
     num_inference_steps: int | None = None,
     inference_backend: str | None = None,
+    base: Policy | None = None,
 ) -> Policy:
     """Load any policy checkpoint (a network, a training checkpoint or a composite wrapper) as a
-    ready-to-run ``Policy``; inference options reach the innermost network."""
+    ready-to-run ``Policy``; inference options reach the innermost network. ``base``: for a composite,
+    an already built policy to wrap instead of the stored base (e.g. a ``RemotePolicy`` to that base on
+    ``rlstack serve``); it must have the composite's spec."""
     options = {"sampler": sampler, "num_inference_steps": num_inference_steps, "inference_backend": inference_backend}
     options = {k: v for k, v in options.items() if v}
     return policy_from_checkpoint(read_checkpoint(path), device=resolve_device(str(device)), seed=seed,
-                                  where=str(path), base_dir=Path(path).parent, **options)
+                                  where=str(path), base_dir=Path(path).parent, base=base, **options)
 
 
 def policy_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu", seed: int = 0,
-                           where: str = "checkpoint", base_dir: str | Path = ".", **options: Any) -> Policy:
-    """Rebuild any registered policy type from checkpoint data (wrappers rebuild their base first)."""
+                           where: str = "checkpoint", base_dir: str | Path = ".", base: Policy | None = None,
+                           **options: Any) -> Policy:
+    """Rebuild any registered policy type from checkpoint data (wrappers rebuild their base first, or wrap ``base``)."""
     check_format(ckpt, where)
     cls = policy_class(ckpt["policy_type"], ckpt.get("policy_module"), where=where)
     if isinstance(cls, type) and issubclass(cls, PolicyModel):
+        if base is not None:
+            raise ValueError(f"{where}: a base policy was given, but '{ckpt['policy_type']}' is not a composite")
         model = model_from_checkpoint(ckpt)
         if options:
             model.configure_inference(**options)
@@ -223,6 +229,15 @@ def policy_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "c
     if not (isinstance(cls, type) and issubclass(cls, WrapperPolicy)):
         raise ValueError(f"{where}: policy type '{ckpt['policy_type']}' ({cls.__name__}) cannot be loaded "
                          "from a checkpoint (neither a PolicyModel nor a WrapperPolicy)")
+    if base is not None:
+        check_spec_matches(PolicySpec.from_dict(ckpt["spec"]), base.spec, f"given base of {where}")
+        if options:
+            configure = getattr(base, "configure_inference", None)
+            if configure is None:
+                raise ValueError(f"{where}: inference options {sorted(options)} cannot reach the given base "
+                                 f"{type(base).__name__}")
+            configure(**options)
+        return cls.from_checkpoint(ckpt, base, device=device, seed=seed)
     base_ckpt, base_where = base_checkpoint(ckpt, where, Path(base_dir))
     base = policy_from_checkpoint(base_ckpt, device=device, seed=seed, where=base_where, base_dir=base_dir, **options)
     return cls.from_checkpoint(ckpt, base, device=device, seed=seed)

@@ -7,6 +7,10 @@ moves ``SPEED`` per step towards the goal with probability 1/2, else in a random
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +118,68 @@ def test_steering_raises_success_and_random_choice_does_not(tmp_path: Path) -> N
     assert lo_s > hi_b  # CIs do not overlap: a significant gain
     lo_r, hi_r = wilson_interval(rand, n)
     assert lo_r <= base / n <= hi_r  # the control stays within noise of the base
+
+
+def _serve(checkpoint: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``rlstack serve --checkpoint`` as its own process on a free loopback port; returns it and its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "robot_learning.cli", "serve", "--checkpoint", str(checkpoint),
+                             "--port", str(port)], stdout=open(log, "a"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    end = time.time() + 60
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc, f"ws://127.0.0.1:{port}"
+        assert proc.poll() is None, f"rlstack serve exited: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("rlstack serve did not start listening")
+
+
+@pytest.mark.integration
+def test_a_steering_composite_runs_with_its_base_on_rlstack_serve(tmp_path: Path) -> None:
+    import dataclasses
+
+    from robot_learning.policies.checkpoint import ModelPolicy, load_policy
+    from robot_learning.rl.vgps import SteeringCritic, VGPSPolicy
+    from robot_learning.serve.client import RemotePolicy
+    from tests.unit.test_policy_models import STATS, _model, _obs_history
+
+    base = ModelPolicy(_model("bc_gmm"), seed=5)
+    base.save(tmp_path / "base.pt")
+    net = CriticNetConfig(ensemble={"n_heads": 2, "hidden_dims": [32], "target_subset": 2})
+    critic = SteeringCritic.on_base(base, net, STATS)
+    meta = {"net": dataclasses.asdict(critic.net_config), "spec": base.spec.to_dict(), "task": "", "stats": STATS}
+    make_vgps(base, critic, meta, k=6).save(tmp_path / "vgps.pt", base_ref=tmp_path / "base.pt")
+    proc, url = _serve(tmp_path / "base.pt", tmp_path / "serve.log")
+    remote = RemotePolicy(url, timeout_s=30.0)
+    try:
+        steered = load_policy(tmp_path / "vgps.pt", base=remote)
+        assert isinstance(steered, VGPSPolicy) and steered.base is remote
+        assert not steered.shared_features  # the base's features live in the server: the critic encodes locally
+        trips: list[tuple[str, object, np.ndarray]] = []
+        request = remote._request
+
+        def counted(message: dict) -> dict:
+            reply = request(message)
+            trips.append((message["type"], message.get("k"), reply.get("actions")))
+            return reply
+
+        remote._request = counted  # type: ignore[method-assign]
+        obs = _obs_history()
+        res = steered.predict_chunk_with_info(obs)
+        assert [(t, k) for t, k, _ in trips] == [("sample", 6)]  # K candidates in one round trip
+        candidates = trips[0][2]
+        assert np.array_equal(res.actions, candidates[res.info["vgps_choice"]])
+        assert res.info["vgps_choice"] == int(np.argmax(res.info["vgps_scores"]))
+        # the same scores as the local composite, whose critic shares the base's encoding of the observation
+        local = load_policy(tmp_path / "vgps.pt")
+        assert local.shared_features
+        _, feats = local.base.sample_chunks_with_features(obs, 1)
+        assert np.allclose(local.score(obs, candidates, feats), res.info["vgps_scores"], atol=1e-4)
+    finally:
+        remote.close()
+        proc.terminate()
+        proc.wait(timeout=20)
