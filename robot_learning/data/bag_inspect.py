@@ -70,7 +70,8 @@ def verify_mcap(path: Path) -> str | None:
 
 def verify_bag(bag: Path) -> list[str]:
     """``verify_mcap`` on every mcap file of a bag directory (sqlite3 files have no checksums)."""
-    notes = [verify_mcap(p) for p in sorted(bag.glob("*.mcap"))] if bag.is_dir() else []
+    files = sorted(bag.glob("*.mcap")) if bag.is_dir() else [bag] if bag.suffix == ".mcap" and bag.is_file() else []
+    notes = [verify_mcap(p) for p in files]
     return [n for n in notes if n]
 
 

@@ -248,6 +248,10 @@ def test_a_flipped_byte_inside_an_mcap_chunk_is_named(tmp_path, capsys, compress
     assert ("fails its CRC check" if compression == "NONE" else "chunk 1") in err
     assert not store.exists()
     assert cli([str(bag), "--dry-run"]) == 2 and f"chunk 1 at byte offset {start}" in capsys.readouterr().err
+    from robot_learning.data.bag_inspect import verify_bag
+
+    with pytest.raises(ValueError, match=f"chunk 1 at byte offset {start} "):
+        verify_bag(path)  # the .mcap file itself, not its bag directory
 
 
 def test_a_flipped_byte_outside_the_chunks_fails_the_data_section_crc(tmp_path, capsys) -> None:
