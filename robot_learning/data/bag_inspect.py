@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,8 +199,6 @@ def spec(s: StreamConfig) -> str:
 
 def dry_run(bag: Path, control_hz: float, configured: list[StreamConfig]) -> int:
     """Print what a bag holds and a suggested import command line; writes nothing. 0, or 2 for a bad bag."""
-    import sys
-
     try:
         notes = verify_bag(bag)
         topics = survey(bag)
