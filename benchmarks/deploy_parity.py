@@ -162,7 +162,8 @@ def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_st
             "32 px cameras. Node rows: `rlstack deploy` with its defaults (sim_robot in real time on its own timer, "
             "policy node with the policy in a child process; `store=none` so only the policy is measured). "
             "obs->first action: capture stamp of an observation -> the first /action tick computed from it. "
-            "'same outcome per seed': episodes whose success matches the direct row's on the same seed.\n\n"
+            "'same outcome per seed': episodes whose success matches the direct row's on the same seed."
+            f"{_cgroup_note()}\n\n"
             f"{load_note(load_before)}")
 
 
@@ -183,9 +184,24 @@ def ablation_section(label: str, ckpt: str, episodes: int, seed: int, max_steps:
     table = markdown_table(["row", "reverted", "overrides", "node success (Wilson 95% CI, seeds)",
                             "late-dropped actions", "stale-observation holds", "1-min load at start"], rows)
     return (f"Ablation on `{label}` ({RECIPES.get(label, ckpt)}): each parity fix reverted alone, everything else at "
-            f"the defaults; step limit {max_steps}, dr none.\n\n{table}\n\nLate-dropped actions and holds grow "
+            f"the defaults; step limit {max_steps}, dr none.{_cgroup_note()}\n\n{table}\n\nLate-dropped actions and holds grow "
             "with the load (a starved child process misses the period), so compare them within similar loads.\n\n"
             f"{load_note(load_before)}")
+
+
+def _cgroup_note() -> str:
+    """Say so when this benchmark ran in its own cpu cgroup (a share of the cores reserved against other work)."""
+    try:
+        group = next(ln.split(":", 2)[2] for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                     if ln.split(":")[1] == "cpu")
+        shares = Path(f"/sys/fs/cgroup/cpu{group}/cpu.shares").read_text().strip()
+    except (OSError, StopIteration, IndexError):
+        return ""
+    if group in ("/", ""):
+        return ""
+    return (f" Every row ran in the cpu cgroup `{group}` with cpu.shares {shares} (default 1024), so that "
+            "the other jobs sharing the 2 cores did not starve the real-time node and sim robot; load averages "
+            "count those jobs too.")
 
 
 def _task_overrides(label: str) -> list[str]:
