@@ -29,6 +29,8 @@ RECIPES = {
     "bc_lift": _DEMOS.format(t="lift", p="bc", n=3000, b=64),
     "bc_push": _DEMOS.format(t="push", p="bc", n=3000, b=64),
     "diffusion_lift": _DEMOS.format(t="lift", p="diffusion", n=4000, b=32),
+    "diffusion10k_lift": _DEMOS.format(t="lift", p="diffusion", n=4000, b=32) + ", resumed to 10000 steps "
+                         "(`train.steps=10000`)",
     "diffusion_push": _DEMOS.format(t="push", p="diffusion", n=4000, b=32),
 }
 
