@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,16 +32,47 @@ sys.path.insert(0, str(ROOT))
 from robot_learning.arena.ranking import Comparison, fit  # noqa: E402
 from robot_learning.arena.scheduler import choose_pair, pair_weights  # noqa: E402
 
-BUDGETS = (50, 100, 200, 300, 500)
+BUDGETS = (50, 100, 200, 300, 500)  # rows of the curve table
+STEP = 10  # metrics every STEP comparisons
+HORIZON = 400
+REFIT_EVERY = 5  # the scheduler refits every 5 votes here (the server refits for every session)
+TAU_TARGET, MMRV_TARGET = 0.9, 0.02
+DEFAULT_POLICIES = ("q1.0", "q0.5", "q0.45", "q0.4", "q0.35", "q0.3", "q0.2", "q0.1", "q0.0", "bc-push-1500", "bc-push-400")
+TRUTH_NOTE = (
+    "Ground truth: 200 direct sim episodes per policy from the same seeds 100000-100199 (push task, 120 steps). "
+    "Experts: `rlstack sim eval --task push --episodes 200 --seed 100000 --quality Q --procs 1 --videos 0 "
+    "--report runs/arena_truth/push/qQ.json`. Learned checkpoints (BC, 32 px cameras, trained on 30 quality-1.0 "
+    "demos: `rlstack sim demos --task push --episodes 30 --quality 1.0 --out runs/arena/push.zarr image_size=32`, "
+    "then `rlstack train policy=bc task=push task.image_size=32 data.store=runs/arena/push.zarr train.steps=S "
+    "train.batch_size=64 out_dir=runs/arena/bc_push_S` with S = 1500 and 400, and "
+    "`rlstack eval checkpoint=runs/arena/bc_push_S/policy.pt task=push task.image_size=32 episodes=200 procs=1 "
+    "videos=0`, report copied to runs/arena_truth/push/bc-push-S.json), all under `nice -n 10 OMP_NUM_THREADS=1`. "
+    "The simulated evaluator judges the two recorded episodes of one shared seed (matched start states) with "
+    "progress noise sd 10, +5 position bias for A and 15 % lazy ties; the pair weights are recomputed "
+    "every 5 votes (the server does for every new session). These runs use the recorded per-seed outcomes (the direct path: no rollouts at vote "
+    "time); `rlstack arena evaluate` runs every slot through the ROS 2 policy node. "
+    "Plot: `benchmarks/arena_ranking.png`.")
 
 
-def load_truth(folder: Path, qualities: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Names, true success rates, per-seed success (P, S) and episode lengths (P, S) of each policy."""
-    names, rates, succ, length = [], [], [], []
-    for q in qualities:
-        d = json.loads((folder / f"q{q}.json").read_text())
+def load_truth(folder: Path, stems: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Names, true success rates, per-seed success (P, S) and episode lengths (P, S) of each policy.
+
+    ``<stem>.json`` is a sim eval report (``rlstack sim eval --report`` for the experts, ``rlstack eval``'s
+    report.json for the learned checkpoints); every report must hold the same seeds (matched start states).
+    """
+    names, rates, succ, length, seeds = [], [], [], [], None
+    for stem in stems:
+        path = folder / f"{stem}.json"
+        if not path.exists():
+            raise SystemExit(f"bench_arena: no ground-truth report {path} (see the module docstring)")
+        d = json.loads(path.read_text())
         eps = sorted(d["episodes"], key=lambda e: e["seed"])
-        names.append(f"expert-push-q{q}")
+        these = [e["seed"] for e in eps]
+        if seeds is not None and these != seeds:
+            raise SystemExit(f"bench_arena: {path} has seeds {these[0]}..{these[-1]} ({len(these)}), the others "
+                             f"{seeds[0]}..{seeds[-1]} ({len(seeds)}): the comparisons need matched start states")
+        seeds = these
+        names.append(f"expert-push-{stem}" if stem.startswith("q") else stem)
         rates.append(d["success_rate"])
         succ.append([e["success"] for e in eps])
         length.append([e["length"] for e in eps])
@@ -91,33 +123,56 @@ def metrics(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
             "pearson": float(pearsonr(truth, score).statistic), "mmrv": mmrv(truth, score)}
 
 
-def run_once(truth: np.ndarray, ev: SimEvaluator, strategy: str, budgets: tuple[int, ...], rng: np.random.Generator,
-             refit_every: int = 10) -> dict[int, dict[str, float]]:
-    """One arena run; metrics at each budget."""
+def run_once(truth: np.ndarray, ev: SimEvaluator, strategy: str, horizon: int, rng: np.random.Generator,
+             refit_every: int = REFIT_EVERY) -> dict[int, dict[str, float]]:
+    """One arena run; metrics every ``STEP`` comparisons up to ``horizon`` (weights refit every ``refit_every``)."""
     ids = list(range(len(truth)))
     comps: list[Comparison] = []
     out = {}
     weights = pair_weights(ids, comps, strategy)
-    while len(comps) < max(budgets):
+    while len(comps) < horizon:
         if len(comps) % refit_every == 0:
             weights = pair_weights(ids, comps, strategy)
         a, b, _ = choose_pair(weights, rng)
         comps.append(ev.judge(a, b))
-        if len(comps) in budgets:
+        if len(comps) % STEP == 0:
             out[len(comps)] = metrics(truth, fit(comps, ids).theta)
     return out
 
 
-def simulate(truth: np.ndarray, succ: np.ndarray, length: np.ndarray, repeats: int) -> dict:
-    """Mean metrics over ``repeats`` runs per strategy and budget."""
+def reached(by_n: dict[int, dict[str, float]]) -> int | None:
+    """Comparisons after which the targets (Kendall tau >= 0.9, MMRV <= 2 %) hold at every later check."""
+    ok = [n for n, m in by_n.items() if m["kendall"] >= TAU_TARGET and m["mmrv"] <= MMRV_TARGET]
+    ns = sorted(by_n)
+    for n in ns:
+        if all(k in ok for k in ns if k >= n):
+            return n
+    return None
+
+
+def simulate(truth: np.ndarray, succ: np.ndarray, length: np.ndarray, repeats: int,
+             strategies: tuple[str, ...] = ("uniform", "active")) -> dict:
+    """Per strategy: the mean curve (every STEP comparisons) and every run's comparisons-to-target."""
     res: dict = {}
-    for strategy in ("uniform", "active"):
+    for strategy in strategies:
         runs = []
         for r in range(repeats):
             rng = np.random.default_rng(1000 + r)
-            runs.append(run_once(truth, SimEvaluator(succ, length, 120, rng), strategy, BUDGETS, rng))
-        res[strategy] = {n: {k: float(np.mean([run[n][k] for run in runs])) for k in runs[0][n]} for n in BUDGETS}
+            runs.append(run_once(truth, SimEvaluator(succ, length, 120, rng), strategy, HORIZON, rng))
+        ns = sorted(runs[0])
+        res[strategy] = {"curve": {n: {k: float(np.mean([run[n][k] for run in runs])) for k in runs[0][n]} for n in ns},
+                         "needed": [reached(run) for run in runs]}
     return res
+
+
+def needed_row(strategy: str, needed: list[int | None]) -> str:
+    """Table row: comparisons to reach the targets over the runs."""
+    got = np.array([n for n in needed if n is not None], float)
+    within = sum(n is not None and n <= 300 for n in needed)
+    if len(got) == 0:
+        return f"| {strategy} | {len(needed)} | - | - | - | 0 / {len(needed)} |"
+    return (f"| {strategy} | {len(needed)} | {np.median(got) if len(got) == len(needed) else float('nan'):.0f} | "
+            f"{got.mean():.0f} | {got.min():.0f}-{got.max():.0f} | {within} / {len(needed)} |")
 
 
 def e2e(truth: np.ndarray, succ: np.ndarray, length: np.ndarray, names: list[str], db_url: str, n: int,
@@ -199,21 +254,27 @@ def pg_database() -> tuple[str, object]:
 def main() -> int:
     """Run the benchmark and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--truth", default="runs/arena_truth/push", help="folder of the sim eval reports q<Q>.json")
-    ap.add_argument("--qualities", default="1.0,0.5,0.45,0.4,0.35,0.3,0.2,0.1,0.0")
+    ap.add_argument("--truth", default="runs/arena_truth/push", help="folder of the sim eval reports <stem>.json")
+    ap.add_argument("--policies", default=",".join(DEFAULT_POLICIES),
+                    help="report stems: q<Q> = push expert at quality Q, anything else a learned checkpoint's report")
     ap.add_argument("--repeats", type=int, default=20, help="simulated arena runs per strategy")
     ap.add_argument("--e2e", action="store_true", help="also one run through the real server (SQLite)")
     ap.add_argument("--load", action="store_true", help="also 100 concurrent evaluators against PostgreSQL")
     ap.add_argument("--out", default="benchmarks/README.md")
     args = ap.parse_args()
-    names, truth, succ, length = load_truth(ROOT / args.truth, args.qualities.split(","))
+    names, truth, succ, length = load_truth(ROOT / args.truth, args.policies.split(","))
     t0 = time.time()
     sim = simulate(truth, succ, length, args.repeats)
-    lines = ["| policy | true success (200 sim episodes) |", "|---|---|"]
-    lines += [f"| {n} | {r:.3f} |" for n, r in zip(names, truth, strict=True)]
+    lines = ["| policy | true success (200 direct sim episodes) |", "|---|---|"]
+    lines += [f"| {n} | {r:.3f} |" for n, r in sorted(zip(names, truth, strict=True), key=lambda x: -x[1])]
+    lines += ["", f"Comparisons needed to reach Kendall tau >= {TAU_TARGET} and MMRV <= {100 * MMRV_TARGET:.0f} % "
+              f"(checked every {STEP}; the first count after which every later check up to {HORIZON} holds):", "",
+              "| pairing | runs | median | mean | range | runs there within 300 |", "|---|---|---|---|---|---|"]
+    lines += [needed_row(strategy, r["needed"]) for strategy, r in sim.items()]
     lines += ["", "| pairing | comparisons | Kendall tau | Spearman | Pearson | MMRV |", "|---|---|---|---|---|---|"]
-    for strategy, by_n in sim.items():
-        for n, m in by_n.items():
+    for strategy, r in sim.items():
+        for n in BUDGETS:
+            m = r["curve"][n]
             lines.append(f"| {strategy} | {n} | {m['kendall']:.3f} | {m['spearman']:.3f} | {m['pearson']:.3f} | "
                          f"{100 * m['mmrv']:.2f} % |")
     extra = []
@@ -238,29 +299,30 @@ def main() -> int:
                          f"{e['p99_ms']:.0f} ms | {e['kendall']:.3f} | {100 * e['mmrv']:.2f} % |")
     plot(sim, ROOT / "benchmarks" / "arena_ranking.png")
     note = (f"\nMeasured by `.venv/bin/python benchmarks/bench_arena.py{' --e2e' if args.e2e else ''}"
-            f"{' --load' if args.load else ''}` ({args.repeats} runs per pairing, means; {time.time() - t0:.0f} s). "
-            "Ground truth: direct sim episodes of the push scripted expert at each quality (seeds 100000-100199); "
-            "the simulated evaluator judges the two recorded episodes of one shared seed with noise sd 10, "
-            "+5 position bias for A and 15 % lazy ties. Plot: `benchmarks/arena_ranking.png`.\n")
+            f"{' --load' if args.load else ''}` ({args.repeats} runs per pairing, means; {time.time() - t0:.0f} s; "
+            f"1-min load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). {TRUTH_NOTE}\n")
     write_section(ROOT / args.out, "\n".join(lines) + "\n" + note)
     print("\n".join(lines) + note)
     return 0
 
 
 def plot(sim: dict, path: Path) -> None:
-    """Kendall tau and MMRV vs comparisons, random vs active."""
+    """Kendall tau and MMRV vs comparisons, random vs active, mean over the runs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for strategy, by_n in sim.items():
-        ns = list(by_n)
-        ax1.plot(ns, [by_n[n]["kendall"] for n in ns], "o-", label=strategy)
-        ax2.plot(ns, [100 * by_n[n]["mmrv"] for n in ns], "o-", label=strategy)
-    ax1.set(xlabel="comparisons", ylabel="Kendall tau vs truth")
-    ax2.set(xlabel="comparisons", ylabel="MMRV (%)")
+    for strategy, r in sim.items():
+        curve = r["curve"]
+        ns = sorted(curve)
+        ax1.plot(ns, [curve[n]["kendall"] for n in ns], "-", label="random (uniform)" if strategy == "uniform" else strategy)
+        ax2.plot(ns, [100 * curve[n]["mmrv"] for n in ns], "-", label=strategy)
+    ax1.axhline(TAU_TARGET, color="grey", ls=":")
+    ax2.axhline(100 * MMRV_TARGET, color="grey", ls=":")
+    ax1.set(xlabel="comparisons", ylabel="Kendall tau vs truth (mean)")
+    ax2.set(xlabel="comparisons", ylabel="MMRV (%, mean)", ylim=(0, 10))
     ax1.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)

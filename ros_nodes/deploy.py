@@ -248,11 +248,11 @@ def deploy_in_sim(overrides: list[str]) -> dict[str, Any]:
     node_cfg.policy.kind()
     if run_cfg.robot.kind != "sim" or run_cfg.episodes < 1:
         raise ValueError("deploy_in_sim needs robot.kind=sim and episodes >= 1")
-    env, log_dir = _prepare(run_cfg, node_cfg, cfg)
+    env, log_dir = prepare(run_cfg, node_cfg, cfg)
     return run_sim_episodes(run_cfg, node_cfg, env, log_dir)
 
 
-def _prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tuple[dict[str, str], Path]:
+def prepare(run_cfg: DeployRunConfig, node_cfg: DeployConfig, cfg: Any) -> tuple[dict[str, str], Path]:
     """Loopback env, log folder with the resolved config, sim observation shapes for the start-up check."""
     from omegaconf import OmegaConf
 
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    env, log_dir = _prepare(run_cfg, node_cfg, cfg)
+    env, log_dir = prepare(run_cfg, node_cfg, cfg)
     if run_cfg.robot.kind == "sim" and run_cfg.episodes > 0:
         try:
             run_sim_episodes(run_cfg, node_cfg, env, log_dir)

@@ -116,7 +116,8 @@ def make_node(robot: Any | None = None) -> Any:
             super().__init__("sim_robot")
             p = {
                 "task": self.declare_parameter("task", "lift").value,
-                "cameras": list(self.declare_parameter("cameras", ["front", "wrist"]).value),
+                # an empty list arrives as None (no type to infer): no cameras, a state-only robot
+                "cameras": [c for c in (self.declare_parameter("cameras", ["front", "wrist"]).value or []) if c],
                 "image_size": int(self.declare_parameter("image_size", 96).value),
                 "control_hz": float(self.declare_parameter("control_hz", 10.0).value),
                 "dr": self.declare_parameter("dr", "none").value,

@@ -2,7 +2,8 @@
 
     rlstack arena serve                                   # SQLite at data/arena.db, http://127.0.0.1:8000
     rlstack arena serve-experts --token ADMIN --task push --qualities 1.0,0.5,0.3   # sim policies to compare
-    rlstack arena evaluate --token TOKEN --task push --sessions 5                  # sim robot, simulated vote
+    rlstack arena evaluate --token TOKEN --task push --sessions 5     # sim robot through the policy node, simulated vote
+    rlstack arena evaluate --token TOKEN --runner direct ...          # no ROS: RemotePolicy stepping PyBullet here
     rlstack arena leaderboard
 """
 
@@ -61,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--vote", choices=("auto", "ask"), default="auto",
                    help="auto: the simulated evaluator votes from the outcomes; ask: you type the verdict")
     e.add_argument("--name", default="", help="evaluator name stored as the episodes' operator")
+    e.add_argument("--runner", choices=("node", "direct"), default="node",
+                   help="node: every slot through the ROS 2 deploy graph (sim_robot + policy node on the slot URL); "
+                        "direct: the policy-server client steps PyBullet in this process (faster, no ROS)")
+    e.add_argument("--cameras", default="", help="node runner: comma-separated sim cameras (front,wrist) the robot "
+                   "publishes, for policies that read images ('' = none)")
+    e.add_argument("--image-size", type=int, default=96, help="node runner: camera image size in pixels")
+    e.add_argument("--domain-id", type=int, default=-1, help="node runner: ROS_DOMAIN_ID (-1 = $ROS_DOMAIN_ID or 0)")
+    e.add_argument("--log-dir", default="data/arena_logs", help="node runner: per-slot node logs")
 
     lb = sub.add_parser("leaderboard", help="print the current leaderboard")
     lb.add_argument("--server", default=DEFAULT_SERVER, help="arena URL")
@@ -191,8 +200,7 @@ def _serve_experts(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from robot_learning.arena.client import ask_vote, evaluate_session
-    from sim import make_robot
+    from robot_learning.arena.client import DirectRunner, NodeRunner, ask_vote, evaluate_session
     from sim.tasks import TASKS
 
     if args.sessions < 1:
@@ -200,23 +208,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.task not in TASKS:
         raise ValueError(f"--task '{args.task}': choose from {', '.join(TASKS)}")
     api = _api(args)
-    store = None
-    if args.store:
-        from robot_learning.data.store import EpisodeStore
-
-        store = EpisodeStore.open(args.store, mode="a")
-    robot = make_robot(task=args.task, cameras=(), render=False)
     max_steps = args.max_steps or TASKS[args.task].max_steps
+    close = lambda: None  # noqa: E731
+    if args.runner == "node":
+        runner = NodeRunner(task=args.task, max_steps=max_steps, store=args.store,
+                            cameras=tuple(c for c in args.cameras.split(",") if c), image_size=args.image_size,
+                            domain_id=args.domain_id, log_dir=args.log_dir)
+    else:
+        from sim import make_robot
+
+        store = None
+        if args.store:
+            from robot_learning.data.store import EpisodeStore
+
+            store = EpisodeStore.open(args.store, mode="a")
+        robot = make_robot(task=args.task, cameras=(), render=False)
+        runner = DirectRunner(robot, max_steps, store)
+        close = robot.close
     bar = tqdm(range(args.sessions), desc="arena sessions", unit="session")
     voted = 0
     try:
         for k in bar:
-            res = evaluate_session(api, args.robot, args.task, args.instruction, robot, args.seed + k, max_steps,
-                                   store, args.name, ask_vote if args.vote == "ask" else None,
-                                   progress=lambda m: bar.write(m))
+            res = evaluate_session(api, args.robot, args.task, args.instruction, runner, args.seed + k, args.name,
+                                   ask_vote if args.vote == "ask" else None, progress=lambda m: bar.write(m))
             voted += res.vote is not None
     finally:
-        robot.close()
+        close()
         api.close()
     print(f"{voted}/{args.sessions} sessions voted; leaderboard: {args.server}/ui/leaderboard")
     return 0

@@ -1,11 +1,15 @@
 """The evaluator client: start a session, run slot A then B on the robot, record both, vote.
 
 The pair arrives as two opaque per-session policy-server endpoints (the arena relays them), so the
-client never learns which policies it ran until the vote is stored. Each slot runs through the policy
-server client (``robot_learning.serve.client.RemotePolicy``) driven by ``PolicyAgent`` directly on the
-sim robot, from the same seed (matched start states), and is recorded into the episode store
-(``source=arena``, the session id and the anonymous slot as its policy id). The ROS 2 policy node
-path (``rlstack deploy``) is not used here.
+client never learns which policies it ran until the vote is stored. Both slots start from the same
+seed (matched start states) and are recorded into the episode store (``source=arena``, the session id
+and the anonymous slot as tags, ``arena-slot-A``/``-B`` as the policy id). Two runners:
+
+- ``NodeRunner`` (default): each slot runs through the normal deploy graph (``ros_nodes/deploy.py``):
+  the ``sim_robot`` node started at the session's seed and the ROS 2 policy node with
+  ``deploy.policy.server`` set to the slot's opaque URL, which records the episode itself;
+- ``DirectRunner`` (``--runner direct``): the policy-server client (``RemotePolicy``) driven by
+  ``PolicyAgent`` in this process on a PyBullet robot, no ROS; faster, for quick checks.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -120,44 +125,150 @@ def auto_vote(a: SlotRun, b: SlotRun, margin: float = 5.0) -> str:
     return "A" if a.progress > b.progress else "B"
 
 
-def run_slot(endpoint: str, robot: Any, slot: str, seed: int, max_steps: int,
-             writer_factory: Callable | None) -> SlotRun:
-    """One episode of the slot's policy on ``robot`` from ``seed``; recorded if ``writer_factory``."""
-    from robot_learning.eval.policy_agent import PolicyAgent
-    from robot_learning.serve.client import RemotePolicy
+@dataclass
+class SlotRecord:
+    """What every recorded arena episode carries besides its steps."""
 
-    run = SlotRun(slot=slot, seed=seed)
-    obs = robot.reset(seed=seed)
-    data = sim_observation(robot, obs)
-    remote = RemotePolicy(endpoint, obs_shapes={k: v.shape for k, v in data.items()},
-                          action_dim=robot.spec.action_dim, action_mode=robot.action_mode)
-    writer = writer_factory(slot, seed) if writer_factory else None
-    try:
-        agent = PolicyAgent(remote)
-        agent.reset(seed=seed)
-        success = robot.success()
-        while not success and run.steps < max_steps:
-            action = np.asarray(agent.act(data), dtype=np.float32)
-            tick = time.time()
-            robot.act(action)
-            run.steps += 1
+    session_id: str
+    slot: str
+    seed: int
+    task: str
+    instruction: str = ""
+    operator: str = ""
+
+    def tags(self) -> dict[str, Any]:
+        """Episode tags naming the session and the anonymous slot."""
+        return {"arena_session": self.session_id, "arena_slot": self.slot, "seed": self.seed}
+
+    @property
+    def policy_id(self) -> str:
+        """The anonymous policy id the episode is stored under."""
+        return f"arena-slot-{self.slot}"
+
+
+class DirectRunner:
+    """Runs a slot in this process: ``RemotePolicy`` + ``PolicyAgent`` stepping a PyBullet robot."""
+
+    name = "direct"
+
+    def __init__(self, robot: Any, max_steps: int, store: Any = None) -> None:
+        self.robot, self.max_steps, self.store = robot, max_steps, store
+
+    @property
+    def store_uri(self) -> str:
+        """Where the episodes go ('' = not recorded)."""
+        return str(getattr(self.store, "uri", "") or "") if self.store is not None else ""
+
+    def run(self, endpoint: str, rec: SlotRecord) -> SlotRun:
+        """One episode of the slot's policy from ``rec.seed``; raises PolicyServerError if the server fails."""
+        from robot_learning.data.store import EpisodeMeta
+        from robot_learning.eval.policy_agent import PolicyAgent
+        from robot_learning.serve.client import RemotePolicy
+
+        robot, run = self.robot, SlotRun(slot=rec.slot, seed=rec.seed)
+        obs = robot.reset(seed=rec.seed)
+        data = sim_observation(robot, obs)
+        remote = RemotePolicy(endpoint, obs_shapes={k: v.shape for k, v in data.items()},
+                              action_dim=robot.spec.action_dim, action_mode=robot.action_mode)
+        writer = None
+        if self.store is not None:
+            writer = self.store.begin_episode(EpisodeMeta(
+                task=rec.task, source="arena", operator=rec.operator, policy_id=rec.policy_id,
+                instruction=rec.instruction, rates={"step": float(robot.control_hz)}, tags=rec.tags()))
+        try:
+            agent = PolicyAgent(remote)
+            agent.reset(seed=rec.seed)
             success = robot.success()
+            while not success and run.steps < self.max_steps:
+                action = np.asarray(agent.act(data), dtype=np.float32)
+                tick = time.time()
+                robot.act(action)
+                run.steps += 1
+                success = robot.success()
+                if writer is not None:
+                    writer.append({**_recorded(obs.data), "action": action,
+                                   **_step_fields(success, done=success or run.steps >= self.max_steps)},
+                                  {**obs.stamps, "step": tick})
+                obs = robot.observe()
+                data = sim_observation(robot, obs)
+            run.success = bool(success)
             if writer is not None:
-                writer.append({**_recorded(obs.data), "action": action,
-                               **_step_fields(success, done=success or run.steps >= max_steps)},
-                              {**obs.stamps, "step": tick})
-            obs = robot.observe()
-            data = sim_observation(robot, obs)
-        run.success = bool(success)
-        if writer is not None:
-            run.store_episode = writer.commit(success=run.success)
-            writer = None
-    finally:
-        if writer is not None:
-            writer.discard()
-        remote.close()
-    run.progress = progress_of(run.success, run.steps, max_steps)
-    return run
+                run.store_episode = writer.commit(success=run.success)
+                writer = None
+        finally:
+            if writer is not None:
+                writer.discard()
+            remote.close()
+        run.progress = progress_of(run.success, run.steps, self.max_steps)
+        return run
+
+
+class SlotFailed(RuntimeError):
+    """A slot could not be run to its end (policy server or node failure): the session is invalid."""
+
+
+@dataclass
+class NodeRunner:
+    """Runs a slot through the ROS 2 deploy graph: ``sim_robot`` at the seed + the policy node on the slot URL."""
+
+    task: str
+    max_steps: int
+    store: str = ""  # episode store path ('' = not recorded); the policy node records into it
+    cameras: tuple[str, ...] = ()
+    image_size: int = 96
+    domain_id: int = -1  # -1: $ROS_DOMAIN_ID (or 0)
+    log_dir: str = "data/arena_logs"
+    overrides: tuple[str, ...] = ()  # further ``rlstack deploy`` overrides (e.g. robot.control_hz=10)
+    name = "node"
+
+    @property
+    def store_uri(self) -> str:
+        """Where the episodes go ('' = not recorded)."""
+        return self.store
+
+    def run(self, endpoint: str, rec: SlotRecord) -> SlotRun:
+        """One deployed episode of the slot; SlotFailed naming the cause if the node or the server failed."""
+        from ros_nodes.deploy import load_configs, prepare, run_sim_episodes
+
+        log_dir = Path(self.log_dir) / f"{rec.session_id}-{rec.slot}"
+        overrides = [f"task={self.task}", f"deploy.policy.server='{endpoint}'", "episodes=1",
+                     f"max_steps={self.max_steps}", f"robot.seed={rec.seed}", f"robot.image_size={self.image_size}",
+                     f"robot.cameras=[{','.join(self.cameras)}]", f"domain_id={self.domain_id}",
+                     f"log_dir='{log_dir}'", f"store='{self.store or 'none'}'", *self.overrides]
+        run_cfg, node_cfg, cfg = load_configs(overrides)
+        r = node_cfg.record
+        r.source, r.policy_id, r.instruction, r.tags = "arena", rec.policy_id, rec.instruction, rec.tags()
+        r.operator = rec.operator
+        env, log_dir = prepare(run_cfg, node_cfg, cfg)
+        try:
+            report = run_sim_episodes(run_cfg, node_cfg, env, log_dir)
+        except RuntimeError as exc:
+            raise SlotFailed(f"deploy graph failed ({exc}); logs in {log_dir}") from exc
+        errors = int(report["diagnostics"].get("inference_errors") or 0)
+        if errors:
+            raise SlotFailed(f"the policy node saw {errors} inference error(s) from the slot's policy server; "
+                             f"logs in {log_dir}")
+        if report["seeds"] != [rec.seed]:
+            raise SlotFailed(f"sim_robot started seed {report['seeds']}, not the session's {rec.seed}")
+        run = SlotRun(slot=rec.slot, seed=rec.seed, success=bool(report["per_episode_success"][0]),
+                      steps=int(report["steps"][0]))
+        run.progress = progress_of(run.success, run.steps, self.max_steps)
+        run.store_episode = self._stored_episode(rec) if self.store else None
+        return run
+
+    def _stored_episode(self, rec: SlotRecord) -> int:
+        """Index of the episode the policy node recorded for this slot."""
+        from robot_learning.data.store import EpisodeStore
+
+        store = EpisodeStore.open(self.store, mode="r")
+        try:
+            found = [e.index for e in store.episodes() if e.meta.tags.get("arena_session") == rec.session_id
+                     and e.meta.tags.get("arena_slot") == rec.slot]
+        finally:
+            store.close()
+        if not found:
+            raise SlotFailed(f"the policy node recorded no episode of slot {rec.slot} into {self.store}")
+        return found[-1]
 
 
 def _recorded(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,32 +281,26 @@ def _step_fields(success: bool, done: bool) -> dict[str, np.ndarray]:
     return {k: np.asarray(values[k], dtype=dt) for k, dt in STEP_SCHEMA.items()}
 
 
-def evaluate_session(api: ArenaAPI, robot_name: str, task: str, instruction: str, robot: Any, seed: int,
-                     max_steps: int, store: Any = None, evaluator: str = "",
-                     decide: Callable[[SlotRun, SlotRun], tuple[str, float, float]] | None = None,
+def evaluate_session(api: ArenaAPI, robot_name: str, task: str, instruction: str, runner: Any, seed: int,
+                     evaluator: str = "", decide: Callable[[SlotRun, SlotRun], tuple[str, float, float]] | None = None,
                      progress: Callable[[str], None] = print) -> SessionResult:
-    """One full session: start, run A then B from ``seed``, report both runs, vote (or invalidate)."""
+    """One full session: start, run A then B from ``seed`` with ``runner``, report both runs, vote (or invalidate)."""
+    from robot_learning.serve.client import PolicyServerError
+
     s = api.request("POST", "/api/sessions", json={"robot": robot_name, "task": task, "instruction": instruction})
     sid = s["id"]
     result = SessionResult(session_id=sid)
-    progress(f"session {sid[:8]}: task '{task}', instruction '{instruction}'")
-
-    def writer_factory(slot: str, ep_seed: int) -> Any:
-        from robot_learning.data.store import EpisodeMeta
-
-        meta = EpisodeMeta(task=task, source="arena", operator=evaluator, policy_id=f"arena-slot-{slot}",
-                           instruction=instruction, rates={"step": float(robot.control_hz)},
-                           tags={"arena_session": sid, "arena_slot": slot, "seed": ep_seed})
-        return store.begin_episode(meta)
-
-    from robot_learning.serve.client import PolicyServerError
-
+    progress(f"session {sid[:8]}: task '{task}', instruction '{instruction}' ({runner.name} runner)")
     for slot in ("A", "B"):
         endpoint = next(x["endpoint"] for x in s["slots"] if x["slot"] == slot)
         api.request("POST", f"/api/sessions/{sid}/episodes", json={"slot": slot, "status": "running", "seed": seed})
+        rec = SlotRecord(session_id=sid, slot=slot, seed=seed, task=task, instruction=instruction, operator=evaluator)
         try:
-            run = run_slot(endpoint, robot, slot, seed, max_steps, writer_factory if store is not None else None)
-        except (PolicyServerError, ValueError) as exc:
+            run = runner.run(endpoint, rec)
+            current = api.request("GET", f"/api/sessions/{sid}")
+            if current["state"] != "open":  # the relay saw the policy server die mid-episode
+                raise SlotFailed(current["invalid_reason"] or f"session is {current['state']}")
+        except (PolicyServerError, SlotFailed, ValueError) as exc:
             result.invalid_reason = f"slot {slot}: {exc}"
             api.request("POST", f"/api/sessions/{sid}/episodes", json={"slot": slot, "status": "failed", "seed": seed})
             current = api.request("GET", f"/api/sessions/{sid}")
@@ -206,7 +311,7 @@ def evaluate_session(api: ArenaAPI, robot_name: str, task: str, instruction: str
         result.runs[slot] = run
         api.request("POST", f"/api/sessions/{sid}/episodes", json={
             "slot": slot, "status": "done", "success": run.success, "steps": run.steps, "seed": seed,
-            "store_uri": str(getattr(store, "uri", "") or ""), "store_episode": run.store_episode})
+            "store_uri": runner.store_uri, "store_episode": run.store_episode})
         progress(f"session {sid[:8]}: slot {slot} {'succeeded' if run.success else 'failed'} in {run.steps} steps")
     a, b = result.runs["A"], result.runs["B"]
     outcome, pa, pb = decide(a, b) if decide else (auto_vote(a, b), a.progress, b.progress)

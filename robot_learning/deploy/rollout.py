@@ -33,6 +33,10 @@ class RolloutConfig:
     tolerance_s: float = 0.05  # streams of one step further apart than this are flagged
     image_codec: str = "jpeg"
     start: str = "now"  # now: record from the first tick; reset: from the first episode reset (sim runner)
+    source: str = "policy"  # EpisodeMeta.source of the rollouts (arena: the arena's evaluator client)
+    policy_id: str = ""  # stored policy id ("" = the policy source: checkpoint path, server URL or scripted name)
+    instruction: str = ""
+    tags: dict[str, Any] = field(default_factory=dict)  # extra tags of every episode (e.g. the arena session)
 
     def __post_init__(self) -> None:
         if self.start not in ("now", "reset"):
@@ -117,11 +121,12 @@ class RolloutRecorder:
         from robot_learning.data.store import EpisodeMeta
 
         success = bool(ep.label)
-        tags = {"label": "none" if ep.label is None else ("success" if ep.label else "failure"),
+        tags = {**self.config.tags, "label": "none" if ep.label is None else ("success" if ep.label else "failure"),
                 "labelled_by": ep.labelled_by, "interventions": ep.interventions,
                 "misaligned_steps": ep.misaligned, "tolerance_s": self.config.tolerance_s}
-        meta = EpisodeMeta(task=self.config.task, source="policy", operator=self.config.operator,
-                           policy_id=self.policy_id, rates={"step": self.control_hz}, tags=tags)
+        meta = EpisodeMeta(task=self.config.task, source=self.config.source, operator=self.config.operator,
+                           policy_id=self.config.policy_id or self.policy_id, instruction=self.config.instruction,
+                           rates={"step": self.control_hz}, tags=tags)
         writer = self.store.begin_episode(meta)
         last = len(ep.steps) - 1
         try:
