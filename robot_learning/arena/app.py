@@ -15,9 +15,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from robot_learning.arena import schemas, services
+from robot_learning.arena.cache import VoteCache
 from robot_learning.arena.db import open_database
 from robot_learning.arena.models import Policy, Robot
 from robot_learning.arena.services import ArenaError, ArenaSettings
@@ -78,11 +80,11 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
     """The arena app over ``settings.db_url`` (migrated to the newest schema first)."""
     settings = (settings or ArenaSettings()).validate()
     engine, factory = open_database(settings.db_url)
-    app = FastAPI(title="rlstack policy arena", version="1",
+    app = FastAPI(title="rlstack policy arena", version="1", responses=schemas.ERROR_RESPONSES,
                   description="Double-blind pairwise A/B evaluation of robot policies with a Bradley-Terry leaderboard.")
     app.state.settings, app.state.engine, app.state.factory = settings, engine, factory
     app.state.limiter = services.RateLimiter(settings.rate_limit_per_min)
-    app.state.boards = services.LeaderboardCache()
+    app.state.boards = VoteCache(settings.weights_max_age_s)  # votes, pair weights and leaderboards, shared
     app.state.rng = np.random.default_rng(settings.seed)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
@@ -93,6 +95,16 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
 
             return error_page(request, exc.status, exc.message)
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_down(request: Request, exc: DBAPIError) -> JSONResponse:
+        # a lost connection (database restarted, backend terminated) is the server's transient state,
+        # not a bug: 503 with Retry-After; votes are idempotent, so the client resends the same key
+        if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
+            raise exc
+        return JSONResponse({"detail": f"database unavailable ({type(exc.orig).__name__}); retry the request "
+                                       "(a vote with the same idempotency key is stored once)"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -106,8 +118,15 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
         return JSONResponse({"detail": text, "errors": errors}, status_code=422)
 
     def get_db() -> Iterator[Session]:
-        with factory() as db:
+        db = factory()
+        try:
             yield db
+        finally:
+            try:
+                db.close()
+            except DBAPIError as exc:  # the connection died after the response was built (it only held a read)
+                if not exc.connection_invalidated:
+                    raise
 
     def token_of(request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
@@ -185,7 +204,7 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
     def new_session(body: schemas.SessionIn, request: Request, db: Session = Depends(get_db)) -> Any:
         """Start a session: the pair comes back as two anonymous slot endpoints."""
         s = write(request, db, "start_session", body.robot,
-                  lambda ev: services.start_session(db, ev, body, settings, app.state.rng))
+                  lambda ev: services.start_session(db, ev, body, settings, app.state.rng, app.state.boards))
         return services.session_out(db, s, base_ws(request))
 
     @app.get("/api/sessions/{session_id}", response_model=schemas.SessionOut)

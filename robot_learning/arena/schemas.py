@@ -29,6 +29,27 @@ def _check_shapes(v: dict[str, list[int]]) -> dict[str, list[int]]:
     return v
 
 
+class FieldError(BaseModel):
+    """One invalid field of a request: where (``loc``), what is wrong, the error type."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorOut(BaseModel):
+    """The body of every refused API request: what is wrong and where; ``errors`` per field for a 422."""
+
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text in (
+    (401, "no or unknown token"), (403, "not allowed for this token"), (404, "unknown robot or session"),
+    (409, "conflicts with the stored state"), (410, "session expired"), (413, "request body too large"),
+    (422, "invalid request"), (429, "rate limit"), (503, "database unavailable: retry"))}
+
+
 class EvaluatorIn(Strict):
     """Admin: create an evaluator (its token is returned once)."""
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from robot_learning.arena import schemas
+from robot_learning.arena.cache import VoteCache, vote_rows
 from robot_learning.arena.models import (
     ArenaEpisode,
     ArenaSession,
@@ -33,7 +34,7 @@ from robot_learning.arena.models import (
     as_utc,
     utcnow,
 )
-from robot_learning.arena.ranking import Comparison, Leaderboard, leaderboard
+from robot_learning.arena.ranking import Comparison
 from robot_learning.arena.scheduler import STRATEGIES, Candidate, choose_pair, compatible, pair_weights
 
 
@@ -57,6 +58,7 @@ class ArenaSettings:
     health_ttl_s: float = 30.0
     health_timeout_s: float = 2.0
     scheduler: str = "balanced"
+    weights_max_age_s: float = 1.0  # a session start may reuse pair weights this recent (votes since or not)
     n_boot: int = 200
     max_body_bytes: int = 64 * 1024
     seed: int | None = None
@@ -189,11 +191,7 @@ def probe_policy(policy: Policy, timeout_s: float) -> str:
 # -- sessions ----------------------------------------------------------------------------------------
 def comparisons(db: Session, task: str | None = None) -> list[Comparison]:
     """Every valid vote as a comparison (in storage order)."""
-    q = select(Vote).where(Vote.valid.is_(True)).order_by(Vote.id)
-    if task:
-        q = q.where(Vote.task == task)
-    return [Comparison(v.policy_a_id, v.policy_b_id, v.outcome, v.task, v.progress_a, v.progress_b)
-            for v in db.scalars(q)]
+    return [c for _, ok, c in vote_rows(db) if ok and (not task or c.task == task)]
 
 
 def _healthy(db: Session, policies: list[Policy], settings: ArenaSettings) -> list[Policy]:
@@ -210,8 +208,9 @@ def _healthy(db: Session, policies: list[Policy], settings: ArenaSettings) -> li
 
 
 def start_session(db: Session, ev: Evaluator, body: schemas.SessionIn, settings: ArenaSettings,
-                  rng: np.random.Generator) -> ArenaSession:
-    """Assign a compatible, healthy pair in random A/B order; store the sampling probabilities."""
+                  rng: np.random.Generator, votes: VoteCache | None = None) -> ArenaSession:
+    """Assign a compatible, healthy pair in random A/B order; store the sampling probabilities
+    (from ``votes``, the server's shared cache, when given)."""
     robot = db.scalar(select(Robot).where(Robot.name == body.robot))
     if robot is None:
         raise ArenaError(404, f"robot '{body.robot}' is not registered")
@@ -224,7 +223,9 @@ def start_session(db: Session, ev: Evaluator, body: schemas.SessionIn, settings:
     if len(healthy) < 2:
         raise ArenaError(409, f"robot '{robot.name}', task '{body.task}': {len(healthy)} compatible healthy "
                               f"policies ({len(fits)} compatible), need 2")
-    weights = pair_weights([p.id for p in healthy], comparisons(db), settings.scheduler)
+    ids = [p.id for p in healthy]
+    weights = (votes.pair_weights(db, ids, settings.scheduler) if votes is not None
+               else pair_weights(ids, comparisons(db), settings.scheduler))
     a, b, prob = choose_pair(weights, rng)
     session = ArenaSession(
         id=uuid.uuid4().hex, evaluator_id=ev.id, robot_id=robot.id, task=body.task, instruction=body.instruction,
@@ -350,25 +351,3 @@ def _replayed(db: Session, ev: Evaluator, session_id: str, key: str) -> schemas.
     s = db.get(ArenaSession, session_id)
     return schemas.VoteOut(vote_id=vote.id, session_id=session_id, outcome=vote.outcome, replayed=True,
                            reveal=reveal(db, s) or {})
-
-
-class LeaderboardCache:
-    """Recomputed on demand when the votes changed since the last computation."""
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple, Leaderboard] = {}
-        self._lock = threading.Lock()
-
-    def get(self, db: Session, n_boot: int, task: str | None = None) -> Leaderboard:
-        """The leaderboard for the current votes (and ``task``, if given)."""
-        count, last = db.execute(select(func.count(Vote.id), func.max(Vote.id))).one()
-        key = (task or "", n_boot, count, last)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        names = dict(db.execute(select(Policy.id, Policy.name)).all())
-        board = leaderboard(comparisons(db), sorted(names), names, n_boot=n_boot, task=task or None)
-        with self._lock:
-            self._cache = {k: v for k, v in self._cache.items() if k[2:] == key[2:]}
-            self._cache[key] = board
-        return board

@@ -82,7 +82,7 @@ def add_pages(app: FastAPI) -> None:
               instruction: str = Form("", max_length=1000), db: Session = Depends(get_db)) -> Response:
         body = schemas.SessionIn(robot=robot, task=task, instruction=instruction)
         s = write(request, db, "start_session", robot,
-                  lambda ev: services.start_session(db, ev, body, settings, app.state.rng))
+                  lambda ev: services.start_session(db, ev, body, settings, app.state.rng, app.state.boards))
         return RedirectResponse(f"/ui/sessions/{s.id}", status_code=303)
 
     @app.get("/ui/sessions/{session_id}", response_class=HTMLResponse, include_in_schema=False)
