@@ -19,6 +19,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,6 +114,7 @@ def _latency_rows(name: str, path: Path, rounds: int) -> list[list[object]]:
         for r in range(rounds + 3):
             o = obs()
             for n, fn in variants.items():
+                base.reset()  # no frame-feature cache hits: at a real re-plan both history frames are new
                 t, c = time.perf_counter(), time.thread_time()
                 fn(o)  # type: ignore[operator]
                 if r >= 3:  # warm-up rounds (inference graphs are built lazily)
@@ -153,18 +155,19 @@ def latency(bases: dict[str, Path], rounds: int = 60) -> str:
 
 # -- real sim rows -------------------------------------------------------------------------------------
 QUALITIES = ("1.0", "0.7", "0.5", "0.3", "0.1")
-CRITIC_ARGS = ("net.score=chunk", "n_step=8", "gamma=0.98", "steps=4000", "batch_size=256", "progress=false")
+CRITIC_ARGS = ["net.score=chunk", "n_step=8", "gamma=0.98", "steps=4000", "batch_size=256", "progress=false"]
 COMMANDS: list[str] = []  # every rlstack command the sim part ran (or would run), for the README
 
 
-def _rlstack(args: list[str], log: Path, done: Path, fresh: Path | None = None) -> None:
-    """Run one ``rlstack`` command (skipped when ``done`` exists), nice'd, one thread, output to ``log``."""
+def _rlstack(args: list[str], log: Path, done: Path, fresh: Path | None = None, run: bool = True) -> None:
+    """Run one ``rlstack`` command (skipped when ``done`` exists or ``run`` is off), nice'd, one thread,
+    output to ``log``."""
     import os
     import shutil
     import subprocess
 
     COMMANDS.append("rlstack " + " ".join(a if "[" not in a else f"'{a}'" for a in args))
-    if done.exists():
+    if done.exists() or not run:
         return
     if fresh is not None and fresh.exists():  # a store left by an interrupted collection: start it again
         shutil.rmtree(fresh)
@@ -197,49 +200,78 @@ def _composite(critic_dir: Path, base: Path, out: Path, **settings: object) -> P
     return out
 
 
-def _eval(ckpt: Path, out: Path, task: str, episodes: int) -> list[bool]:
-    """Successes per seed (seeds 100000.. in order) from ``rlstack eval``."""
+def _eval(ckpt: Path, out: Path, task: str, episodes: int, run: bool = True) -> list[bool] | None:
+    """Successes per seed (seeds 100000.. in order) from ``rlstack eval``; None when not (yet) evaluated."""
     _rlstack(["eval", f"checkpoint={_rel(ckpt)}", f"task={task}", "task.image_size=32", f"episodes={episodes}",
-              "seed=100000", "procs=1", "videos=0", f"out={_rel(out)}"], out / "eval.log", out / "report.json")
+              "seed=100000", "procs=1", "videos=0", f"out={_rel(out)}"], out / "eval.log", out / "report.json",
+             run=run and ckpt.exists())
+    if not (out / "report.json").exists():
+        return None
     rep = json.loads((out / "report.json").read_text())
     eps = sorted(rep["episodes"], key=lambda e: e["seed"])
     return [bool(e["success"]) for e in eps]
 
 
-def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int) -> str:
-    """Rows per base: base, V-GPS (Cal-QL) K in KS, random of K=10, IQL K=10, all on the same seeds."""
-    runs = RUNS / task
-    experts = runs / "experts.zarr"
-    _rlstack(["collect-mixed", "--out", _rel(experts), "--task", task, "--qualities", *QUALITIES, "--episodes", "60",
-              "--seed", "200000", "--task-overrides", "image_size=32"], runs / "experts.log", experts / ".done", fresh=experts)
-    (experts / ".done").touch()
-    parts = []
-    for name, base in bases.items():
-        if not base.exists():
-            parts.append(f"**{name}**: base checkpoint {_rel(base)} not found (not trained yet).")
-            continue
-        d = runs / name
-        results = {"base": _eval(base, d / "eval_base", task, episodes)}
-        rollouts = d / "rollouts.zarr"
+def _base_rows(task: str, name: str, base: Path, episodes: int, base_episodes: int, experts: Path,
+               pool: Any, run: bool) -> str:
+    """One base's table: the base eval runs alongside the critic's data and training, then every row at once."""
+    d = RUNS / task / name
+    rollouts = d / "rollouts.zarr"
+
+    def prepare() -> None:
         _rlstack(["collect-mixed", "--out", _rel(rollouts), "--task", task, "--qualities", "--base", _rel(base),
                   "--base-episodes", str(base_episodes), "--seed", "300000", "--task-overrides", "image_size=32"],
-                 d / "rollouts.log", rollouts / ".done", fresh=rollouts)
-        (rollouts / ".done").touch()
+                 d / "rollouts.log", rollouts / ".done", fresh=rollouts, run=run)
+        if rollouts.exists():
+            (rollouts / ".done").touch()
         for algo in ("calql", "iql"):
             _rlstack(["train-critic", f"base={_rel(base)}", f"data=[{_rel(experts)},{_rel(rollouts)}]", f"task={task}",
-                      f"algo={algo}", *CRITIC_ARGS, f"out_dir={_rel(d / algo)}"], d / f"{algo}.log", d / algo / "critic.pt")
-        rows = [(f"V-GPS (Cal-QL) K={k}", "calql", {"k": k}) for k in KS]
-        rows += [("random of K=10 (control)", "calql", {"k": 10, "selection": "random"}),
-                 ("V-GPS (IQL) K=10", "iql", {"k": 10})]
-        for label, algo, settings in rows:
-            tag = f"{algo}_k{settings['k']}" + ("_random" if settings.get("selection") else "")
-            ckpt = _composite(d / algo, base, d / f"vgps_{tag}.pt", **settings)
-            COMMANDS.append(f"# {_rel(ckpt)}: {_rel(d / algo / 'critic.pt')} + {_rel(base)} with {settings} "
-                            "(bench_steering.py: _composite)")
-            results[label] = _eval(ckpt, d / f"eval_{tag}", task, episodes)
-        table = [_row(n, w, None if n == "base" else results["base"]) for n, w in results.items()]
-        parts.append(f"**{name}** base ({_rel(base)}):\n\n" + markdown_table(
-            ["policy", "successes", "rate", "Wilson 95 % CI", "Δ points vs base", "won/lost vs base (paired)"], table))
+                      f"algo={algo}", *CRITIC_ARGS, f"out_dir={_rel(d / algo)}"], d / f"{algo}.log",
+                     d / algo / "critic.pt", run=run)
+
+    futures = {"base": pool.submit(_eval, base, d / "eval_base", task, episodes, run)}
+    pool.submit(prepare).result()
+    rows = [("V-GPS (Cal-QL) K=10", "calql", {"k": 10}), ("random of K=10 (control)", "calql",
+                                                          {"k": 10, "selection": "random"})]
+    rows += [(f"V-GPS (Cal-QL) K={k}", "calql", {"k": k}) for k in KS if k != 10]
+    rows += [("V-GPS (IQL) K=10", "iql", {"k": 10})]
+    for label, algo, settings in rows:
+        tag = f"{algo}_k{settings['k']}" + ("_random" if settings.get("selection") else "")
+        ckpt = d / f"vgps_{tag}.pt"
+        COMMANDS.append(f"# {_rel(ckpt)}: {_rel(d / algo / 'critic.pt')} + {_rel(base)} with {settings} "
+                        "(bench_steering.py: _composite)")
+        if (d / algo / "critic.pt").exists():
+            _composite(d / algo, base, ckpt, **settings)
+        futures[label] = pool.submit(_eval, ckpt, d / f"eval_{tag}", task, episodes, run)
+    results = {n: f.result() for n, f in futures.items()}
+    if results["base"] is None:
+        return f"**{name}** base ({_rel(base)}): not evaluated yet."
+    table = [_row(n, w, results["base"]) if n != "base" else _row(n, w, None)
+             for n, w in results.items() if w is not None]
+    missing = [n for n, w in results.items() if w is None]
+    return (f"**{name}** base ({_rel(base)}):\n\n" + markdown_table(
+        ["policy", "successes", "rate", "Wilson 95 % CI", "Δ points vs base", "won/lost vs base (paired)"], table)
+        + (f"\n\nNot finished yet: {', '.join(missing)}." if missing else ""))
+
+
+def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int, jobs: int = 4, run: bool = True) -> str:
+    """Rows per base: base, V-GPS (Cal-QL) K in KS, random of K=10, IQL K=10, all on the same seeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    experts = RUNS / task / "experts.zarr"
+    _rlstack(["collect-mixed", "--out", _rel(experts), "--task", task, "--qualities", *QUALITIES, "--episodes", "60",
+              "--seed", "200000", "--task-overrides", "image_size=32"], RUNS / task / "experts.log", experts / ".done",
+             fresh=experts, run=run)
+    if experts.exists():
+        (experts / ".done").touch()
+    parts = []
+    with ThreadPoolExecutor(jobs) as pool, ThreadPoolExecutor(len(bases) or 1) as outer:
+        found = {n: b for n, b in bases.items() if b.exists()}
+        tables = {n: outer.submit(_base_rows, task, n, b, episodes, base_episodes, experts, pool, run)
+                  for n, b in found.items()}
+        for name, base in bases.items():
+            parts.append(tables[name].result() if name in tables
+                         else f"**{name}**: base checkpoint {_rel(base)} not found (not trained yet).")
     return "\n\n".join(parts) + (
         f"\n\nEval: `rlstack eval` on seeds 100000..{100000 + episodes - 1} (unseen: experts 200000.., base rollouts "
         "300000..), the same seeds for every row. 'base' is the checkpoint as `rlstack eval` runs it (a BC mixture: "
@@ -260,24 +292,33 @@ def main() -> None:
     ap.add_argument("--sim-episodes", type=int, default=100)
     ap.add_argument("--base-episodes", type=int, default=150, help="base rollouts in the critic's data")
     ap.add_argument("--rounds", type=int, default=60, help="latency: timed re-plans per row")
+    ap.add_argument("--jobs", type=int, default=4, help="sim: rlstack commands run at once")
+    ap.add_argument("--no-run", action="store_true", help="sim: only tabulate what is already evaluated")
+    ap.add_argument("--critic-steps", type=int, default=4000, help="sim: train-critic steps")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "steering"), help="where runs are cached (default runs/steering)")
+    ap.add_argument("--no-write", action="store_true", help="print the tables, leave benchmarks/README.md alone")
     args = ap.parse_args()
+    global RUNS
+    RUNS = Path(args.out).resolve()
     RUNS.mkdir(parents=True, exist_ok=True)
+    CRITIC_ARGS[CRITIC_ARGS.index("steps=4000")] = f"steps={args.critic_steps}"
+    write = (lambda name, title, body, command: print(body)) if args.no_write else write_section
     import os
 
     load0 = os.getloadavg()[0]
     cmd = "python benchmarks/bench_steering.py"
     if "toy" in args.parts:
-        write_section("steering_toy", "Value-guided steering (V-GPS): success, toy half-bad base",
+        write("steering_toy", "Value-guided steering (V-GPS): success, toy half-bad base",
                       toy(args.episodes) + "\n\n" + load_note(load0), f"{cmd} --episodes {args.episodes} --parts toy")
     if "latency" in args.parts:
         bases = {b: ROOT / "runs" / "bases" / "lift" / b / "policy.pt" for b in args.bases}
-        write_section("steering_latency", "Value-guided steering (V-GPS): latency per chunk, real lift bases",
+        write("steering_latency", "Value-guided steering (V-GPS): latency per chunk, real lift bases",
                       latency(bases, args.rounds) + "\n\n" + load_note(load0),
                       f"{cmd} --parts latency --bases {' '.join(args.bases)} --rounds {args.rounds}")
     if "sim" in args.parts:
         bases = {b: ROOT / "runs" / "bases" / args.task / b / "policy.pt" for b in args.bases}
-        write_section(f"steering_sim_{args.task}", f"Value-guided steering (V-GPS): {args.task}, real bases",
-                      sim(args.task, bases, args.sim_episodes, args.base_episodes) + "\n\n" + load_note(load0),
+        write(f"steering_sim_{args.task}", f"Value-guided steering (V-GPS): {args.task}, real bases",
+                      sim(args.task, bases, args.sim_episodes, args.base_episodes, args.jobs, not args.no_run) + "\n\n" + load_note(load0),
                       f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
                       f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}")
 

@@ -29,6 +29,9 @@ class PolicySourceConfig:
 
     checkpoint: str = ""  # a checkpoint file, loaded with robot_learning.policies.checkpoint.load_policy
     server: str = ""  # ws://host:port of `rlstack serve`
+    # with checkpoint=<a composite, e.g. vgps.pt>: its base runs on `rlstack serve` at this URL (one request
+    # per re-plan: steering's K candidates come back in one round trip), the composite's own parts run here
+    base_server: str = ""
     scripted: str = ""  # built-in scripted policy for sim, e.g. "expert:lift" (see deploy/scripted.py)
     device: str = "cpu"
     timeout_s: float = 2.0  # remote: per-request timeout
@@ -54,6 +57,8 @@ class PolicySourceConfig:
         if len(chosen) != 1:
             raise ValueError("policy: set exactly one of policy.checkpoint, policy.server, policy.scripted "
                              f"(got {chosen or 'none'})")
+        if self.base_server and chosen[0] != "checkpoint":
+            raise ValueError("policy.base_server: needs policy.checkpoint=<a composite> whose base it serves")
         return chosen[0]
 
 

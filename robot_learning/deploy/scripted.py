@@ -64,6 +64,26 @@ def make_scripted(name: str, control_hz: float = 10.0) -> Policy:
     raise ValueError(f"policy.scripted: unknown scripted policy '{name}' (use 'expert:<task>', e.g. expert:lift)")
 
 
+def _remote(url: str, source: Any, obs_shapes: dict[str, tuple[int, ...]] | None, action_dim: int | None,
+            action_mode: str | None) -> Policy:
+    """A ``RemotePolicy`` to ``url``, retried for ``source.connect_wait_s`` while the server is not up yet."""
+    import logging
+    import time
+
+    from robot_learning.serve.client import PolicyServerError, RemotePolicy
+
+    give_up = time.monotonic() + source.connect_wait_s
+    while True:
+        try:
+            return RemotePolicy(url, obs_shapes=obs_shapes, action_dim=action_dim, action_mode=action_mode,
+                                timeout_s=source.timeout_s)
+        except PolicyServerError as exc:  # not up yet: wait for it (a spec mismatch is not retried)
+            if time.monotonic() > give_up:
+                raise
+            logging.getLogger(__name__).warning("%s; retrying for %.0f s", exc, give_up - time.monotonic())
+            time.sleep(1.0)
+
+
 def build_policy(source: Any, obs_shapes: dict[str, tuple[int, ...]] | None = None,
                  action_dim: int | None = None, action_mode: str | None = None) -> Policy:
     """A local, remote or scripted policy from a ``PolicySourceConfig``."""
@@ -71,24 +91,12 @@ def build_policy(source: Any, obs_shapes: dict[str, tuple[int, ...]] | None = No
     if kind == "scripted":
         return make_scripted(source.scripted, source.control_hz)
     if kind == "server":
-        import logging
-        import time
-
-        from robot_learning.serve.client import PolicyServerError, RemotePolicy
-
-        give_up = time.monotonic() + source.connect_wait_s
-        while True:
-            try:
-                return RemotePolicy(source.server, obs_shapes=obs_shapes, action_dim=action_dim,
-                                    action_mode=action_mode, timeout_s=source.timeout_s)
-            except PolicyServerError as exc:  # not up yet: wait for it (a spec mismatch is not retried)
-                if time.monotonic() > give_up:
-                    raise
-                logging.getLogger(__name__).warning("%s; retrying for %.0f s", exc, give_up - time.monotonic())
-                time.sleep(1.0)
+        return _remote(source.server, source, obs_shapes, action_dim, action_mode)
     from robot_learning.policies.checkpoint import load_policy
 
-    policy = load_policy(source.checkpoint, device=source.device)
+    base_server = getattr(source, "base_server", "")
+    base = _remote(base_server, source, obs_shapes, action_dim, action_mode) if base_server else None
+    policy = load_policy(source.checkpoint, device=source.device, base=base)
     if obs_shapes is not None:
         from robot_learning.serve.server import spec_mismatches
 
