@@ -1,12 +1,14 @@
 """Arena validation: does the Bradley-Terry leaderboard recover policies of known strength?
 
-Ground truth: the push-task scripted expert at several qualities, each run for 200 direct sim episodes
-(``rlstack sim eval --task push --episodes 200 --seed 100000 --quality Q --report ...``; the reports are
-read from ``--truth``). A simulated comparison draws one start seed and takes both policies' recorded
-episodes from that seed (matched start states); the simulated evaluator scores progress (100 for a
-success, minus a speed term, 0 for a failure) with noise, a position bias towards A and lazy ties, and
-votes. The fit is compared with the true success rates (Kendall tau, Spearman, Pearson, MMRV) as a
-function of the number of comparisons, for random (uniform) and active pairing. ``--e2e`` repeats one
+Ground truth: 200 direct sim episodes of every policy from the same seeds: the push-task scripted expert
+at several qualities (``rlstack sim eval --task push --episodes 200 --seed 100000 --quality Q --report
+<truth>/qQ.json``) and learned checkpoints (``rlstack eval checkpoint=... episodes=200 procs=1``, its
+report.json copied to ``<truth>/<name>.json``; the recipe is in TRUTH_NOTE). A simulated comparison draws
+one start seed and takes both policies' recorded episodes from that seed (matched start states); the
+simulated evaluator scores progress (100 for a success, minus a speed term, 0 for a failure) with
+noise, a position bias towards A and lazy ties, and votes. The fit is compared with the true success rates (Kendall tau, Spearman, Pearson, MMRV) as a
+function of the number of comparisons, for random (uniform) and active pairing, and how many
+comparisons each run needs to reach Kendall tau >= 0.9 and MMRV <= 2 % for good. ``--e2e`` repeats one
 run through the real server over loopback (sessions + votes over HTTP), ``--load`` runs concurrent
 evaluators against PostgreSQL.
 
@@ -44,8 +46,8 @@ TRUTH_NOTE = (
     "--report runs/arena_truth/push/qQ.json`. Learned checkpoints (BC, 32 px cameras, trained on 30 quality-1.0 "
     "demos: `rlstack sim demos --task push --episodes 30 --quality 1.0 --out runs/arena/push.zarr image_size=32`, "
     "then `rlstack train policy=bc task=push task.image_size=32 data.store=runs/arena/push.zarr train.steps=S "
-    "train.batch_size=64 out_dir=runs/arena/bc_push_S` with S = 1500 and 400, and "
-    "`rlstack eval checkpoint=runs/arena/bc_push_S/policy.pt task=push task.image_size=32 episodes=200 procs=1 "
+    "train.batch_size=64 out_dir=runs/arena/bc_push` (S = 1500; S = 400 into runs/arena/bc_push_400), and "
+    "`rlstack eval checkpoint=<out_dir>/policy.pt task=push task.image_size=32 episodes=200 procs=1 "
     "videos=0`, report copied to runs/arena_truth/push/bc-push-S.json), all under `nice -n 10 OMP_NUM_THREADS=1`. "
     "The simulated evaluator judges the two recorded episodes of one shared seed (matched start states) with "
     "progress noise sd 10, +5 position bias for A and 15 % lazy ties; the pair weights are recomputed "
