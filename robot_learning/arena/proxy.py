@@ -73,12 +73,16 @@ def add_proxy(app: FastAPI) -> None:
             hello = unpack(await upstream.recv())
             hello["policy"] = f"arena slot {slot_name}"  # the only identifying field of the protocol
             await ws.send_bytes(pack(hello))
-            up = asyncio.create_task(_upstream_to_client(upstream, ws))
+            up = asyncio.create_task(_upstream_to_client(upstream, ws, client_gone))
             down = asyncio.create_task(_client_to_upstream(ws, upstream, client_gone))
             done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
-            if up in done and not client_gone.is_set():  # the policy server went away, the client did not
+            for task in done:
+                task.exception()  # retrieved: an upstream failure is handled below, whichever side saw it first
+            # the policy server went away (seen by either relay: its frames ended, or sending to it failed)
+            # while the client is still there
+            if not client_gone.is_set():
                 reason = f"policy server of slot {slot_name} closed the connection mid-session"
                 await run_in_threadpool(_invalidate, factory, session_id, reason)
                 await ws.close(code=1011)
@@ -90,23 +94,30 @@ def add_proxy(app: FastAPI) -> None:
             await upstream.close()
 
 
-async def _upstream_to_client(upstream: Any, ws: WebSocket) -> None:
-    """Relay every policy-server frame to the client."""
+async def _upstream_to_client(upstream: Any, ws: WebSocket, gone: asyncio.Event) -> None:
+    """Relay every policy-server frame to the client (``gone`` is set if the client cannot be reached)."""
     async for frame in upstream:
-        await ws.send_bytes(frame if isinstance(frame, bytes) else frame.encode())
+        try:
+            await ws.send_bytes(frame if isinstance(frame, bytes) else frame.encode())
+        except Exception:
+            gone.set()
+            raise
 
 
 async def _client_to_upstream(ws: WebSocket, upstream: Any, gone: asyncio.Event) -> None:
-    """Relay every client frame to the policy server until the client leaves."""
-    try:
-        while True:
+    """Relay every client frame to the policy server until the client leaves (``gone`` is set then; a
+    failed send to the policy server raises ConnectionClosed and leaves it unset)."""
+    while True:
+        try:
             message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("bytes")
-            if data is None and message.get("text") is not None:
-                data = message["text"].encode()
-            if data is not None:
-                await upstream.send(data)
-    finally:
-        gone.set()
+        except Exception:
+            gone.set()
+            raise
+        if message["type"] == "websocket.disconnect":
+            gone.set()
+            return
+        data = message.get("bytes")
+        if data is None and message.get("text") is not None:
+            data = message["text"].encode()
+        if data is not None:
+            await upstream.send(data)

@@ -276,6 +276,8 @@ def test_relay_hides_identity_and_a_dying_policy_invalidates_the_session(arena: 
             remote = RemotePolicy(endpoint["A"], obs_shapes={"joint_pos": (3,)}, action_dim=2)
             chunk = remote.predict_chunk({"joint_pos": np.zeros((1, 3), np.float32)})
             assert "secret" not in remote.server_name and float(chunk[0, 0]) in (0.25, 0.75)
+            r = c.post(f"/api/sessions/{s['id']}/episodes", json={"slot": "A", "status": "running", "steps": 1})
+            assert r.status_code == 200, r.text
             while servers:  # both policy servers die mid-session
                 servers.pop().stop()
             with pytest.raises(PolicyServerError):
@@ -287,7 +289,8 @@ def test_relay_hides_identity_and_a_dying_policy_invalidates_the_session(arena: 
             while (state := c.get(f"/api/sessions/{s['id']}").json())["state"] != "invalid":
                 assert time.monotonic() < deadline, state
                 time.sleep(0.1)
-            assert "slot A" in state["invalid_reason"]
+            assert "slot A" in state["invalid_reason"] and "mid-session" in state["invalid_reason"]
+            assert [(e["slot"], e["status"], e["steps"]) for e in state["episodes"]] == [("A", "running", 1)]  # kept
             assert c.post(f"/api/sessions/{s['id']}/vote", json=vote_body("after-death")).status_code == 409
             assert c.get("/api/leaderboard").json()["n_votes"] == 0
     finally:
