@@ -2,8 +2,10 @@
 
 Reads each run folder's ``eval.csv`` (written by ``rlstack finetune``; runs are long and resumable,
 start or continue them with the ``command.sh`` in the folder), and measures the per-step cost the
-residual adds to inference (``ResidualPolicy.step_action``, ms) at the run's config. Writes the
-``finetune`` section of benchmarks/README.md and copies each run's curve to benchmarks/figures/.
+residual adds to inference (``ResidualPolicy.step_action``, ms) at the run's config. Folders with an
+``eval100/report.json`` (``rlstack eval`` of the base, of a run's final composite, or of a baseline,
+100 episodes on unseen seeds; the ``eval100.sh`` next to it says how) form the final-evaluation table.
+Writes the ``finetune`` section of benchmarks/README.md and copies each run's curve to benchmarks/figures/.
 
     python benchmarks/bench_finetune.py [--runs runs/finetune] [--steps 300]
 """
@@ -33,8 +35,8 @@ def first_reaching(rows: list[dict[str, str]], level: float) -> str:
     return "not reached"
 
 
-def step_cost_ms(run: Path, steps: int) -> tuple[float, float]:
-    """(median ms per ``step_action`` call, median ms per base ``predict_chunk``) for the run's composite."""
+def step_cost_ms(run: Path, steps: int) -> tuple[float, float, float]:
+    """(median ms per ``step_action`` call, median ms per base ``predict_chunk``, the residual's action_scale)."""
     from robot_learning.policies.checkpoint import load_policy
 
     policy = load_policy(run / "policy.pt")
@@ -52,7 +54,25 @@ def step_cost_ms(run: Path, steps: int) -> tuple[float, float]:
         t = time.perf_counter()
         policy.predict_chunk(hist)
         chunk.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(hook)), 1e3 * float(np.median(chunk))
+    return 1e3 * float(np.median(hook)), 1e3 * float(np.median(chunk)), float(policy.config.action_scale)
+
+
+def final_rows(root: Path) -> list[list[str]]:
+    """One row per ``*/eval100/report.json`` under ``root``."""
+    import json
+
+    from robot_learning.stats import wilson_interval
+
+    rows = []
+    for path in sorted(root.glob("*/eval100/report.json")):
+        d = json.loads(path.read_text())
+        k, n = int(d["successes"]), int(d["n_episodes"])
+        lo, hi = wilson_interval(k, n)
+        seeds = d.get("seeds") or []
+        cmd = path.parent.parent / "eval100.sh"
+        rows.append([path.parent.parent.name, f"{k}/{n}", f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]",
+                     f"{min(seeds)}..{max(seeds)}" if seeds else "?", str(cmd) if cmd.exists() else "-"])
+    return rows
 
 
 def main() -> None:
@@ -71,12 +91,13 @@ def main() -> None:
             continue
         base, last = evals[0], evals[-1]
         best = max(evals, key=lambda r: float(r["rate"]))
-        hook_ms, chunk_ms = step_cost_ms(run, args.steps) if (run / "policy.pt").exists() else (float("nan"),) * 2
+        hook_ms, chunk_ms, scale = step_cost_ms(run, args.steps) if (run / "policy.pt").exists() else (float("nan"),) * 3
         rows.append([run.name, f"{base['successes']}/{base['n']} [{float(base['ci_low']):.2f}, {float(base['ci_high']):.2f}]",
                      f"{last['successes']}/{last['n']} [{float(last['ci_low']):.2f}, {float(last['ci_high']):.2f}]",
                      f"{float(best['rate']):.2f} @ {best['env_steps']}", last["env_steps"],
                      f"{float(last['wall_s']) / 60:.0f}", first_reaching(evals, 0.9), first_reaching(evals, 0.95),
-                     f"{float(last['residual_mean_abs']):.3f}", f"{hook_ms:.2f}", f"{chunk_ms:.1f}"])
+                     f"{float(last['residual_mean_abs']):.3f} ({float(last['residual_mean_abs']) / scale:.0%} of bound)",
+                     f"{hook_ms:.2f}", f"{chunk_ms:.1f}"])
         if (run / "curve.png").exists():
             FIGURES.mkdir(exist_ok=True)
             shutil.copy(run / "curve.png", FIGURES / f"finetune_{run.name}.png")
@@ -84,14 +105,21 @@ def main() -> None:
         cmd = run / "command.sh"
         if cmd.exists():
             notes.append(f"`{run.name}` ({run / 'command.sh'}):\n\n```\n{cmd.read_text().strip()}\n```")
-    header = ["run", "base only (k/n, Wilson 95 %)", "latest eval", "best rate @ env steps", "env steps",
+    header = ["run", "base only (k/n, Wilson 95 %)", "latest eval", "best rate @ env steps", "train env steps",
               "train wall min", "to 90 %", "to 95 %", "mean abs residual (normalized)", "step_action ms",
               "base chunk ms"]
     body = markdown_table(header, rows) if rows else "_No run with an eval.csv under runs/finetune yet._"
-    body += ("\n\nEvaluation: fixed unseen seeds (`eval_seed` ..), no exploration; the first row of each run's "
-             "eval.csv (env steps 0) is the base itself (zero-initialised residual). `step_action ms`: the residual's "
-             "per-executed-step cost on one thread; `base chunk ms`: one base inference.\n\n" + "\n\n".join(notes)
-             + "\n\n" + load_note())
+    final = final_rows(Path(args.runs))
+    if final:
+        body += ("\n\nFinal evaluation (`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on):\n\n"
+                 + markdown_table(["policy", "successes", "rate [Wilson 95 %]", "seeds", "command"], final))
+    body += ("\n\nLearning-curve evaluation: 50 fixed unseen seeds (`eval_seed` ..), no exploration; the first row "
+             "of each run's eval.csv (env steps 0) is the base itself (zero-initialised residual). `train env steps` "
+             "counts training episodes only (evaluation episodes are extra); `train wall min` is the training loop's "
+             "time (collection + updates, evaluation excluded). Mean abs residual: per action dimension over the latest "
+             "evaluation's steps (normalized units). `step_action ms`: the residual's per-executed-step cost on one "
+             "thread (frozen base encoder on the newest frame + MLP); `base chunk ms`: one base inference.\n\n"
+             + "\n\n".join(notes) + "\n\n" + load_note())
     write_section("finetune", "Residual RL fine-tuning (ResFiT-style) in sim", body, "python benchmarks/bench_finetune.py")
 
 

@@ -3,7 +3,10 @@
 One process runs the actor loop (the in-process PyBullet env, ``sim.make_env``) and the learner in
 turns: collect one episode, commit it to the run's episode store (``source=policy``, the residual's
 version in ``policy_id``, the step schema of data/layout.py plus the base's planned action), refresh
-replay, run ``utd_ratio x steps`` updates. Evaluation (fixed unseen seeds, Wilson 95 % CI) every
+replay, run ``utd_ratio x steps`` updates (after the warm-up episodes, first ``critic_warmup_updates``
+critic-only updates in one block). With the frozen base encoder (``residual.encoder=base``) replay
+holds each camera's per-frame features (``feat/<camera>``, computed once per loaded episode), not its
+images. Evaluation (fixed unseen seeds, Wilson 95 % CI) every
 ``eval_every`` env steps; the first evaluation, before any update, is the base itself (zero-init).
 
 Outputs under ``out_dir``: ``policy.pt`` (the composite checkpoint, runs unchanged under ``rlstack
