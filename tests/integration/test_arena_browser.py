@@ -24,6 +24,17 @@ def browser(tmp_path: Path) -> Iterator[object]:
     driver.quit()
 
 
+def _submit(b, element_id: str) -> None:  # noqa: ANN001
+    """Click a button that submits a server-rendered form and wait until the next page has replaced this one."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = b.find_element(By.TAG_NAME, "html")
+    b.find_element(By.ID, element_id).click()
+    WebDriverWait(b, 30).until(expected_conditions.staleness_of(old))  # a loaded machine renders slowly
+
+
 def test_login_vote_leaderboard_without_identity_leaks(browser, tmp_path: Path) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
@@ -32,14 +43,15 @@ def test_login_vote_leaderboard_without_identity_leaks(browser, tmp_path: Path) 
         setup_pair(arena, ["ws://127.0.0.1:9/hidden-a", "ws://127.0.0.1:9/hidden-b"])
         token = arena.evaluator("ann")
         b = browser
+        b.implicitly_wait(10)  # elements of a page still loading
         b.get(f"{arena.url}/ui/login")
         b.find_element(By.ID, "token").send_keys(token)
-        b.find_element(By.ID, "login").click()
+        _submit(b, "login")
         assert "signed in as ann" in b.find_element(By.ID, "me").text
         b.find_element(By.ID, "task").clear()
         b.find_element(By.ID, "task").send_keys("lift")
         b.find_element(By.ID, "instruction").send_keys("lift the red cube")
-        b.find_element(By.ID, "start").click()
+        _submit(b, "start")
         assert b.find_element(By.ID, "instruction").text == "lift the red cube"
         sid = b.current_url.rsplit("/", 1)[-1]
         # the evaluator client reports both runs through the API; the page shows their status
@@ -61,7 +73,7 @@ def test_login_vote_leaderboard_without_identity_leaks(browser, tmp_path: Path) 
         b.find_element(By.ID, "progress_b").clear()
         b.find_element(By.ID, "progress_b").send_keys("30")
         b.find_element(By.ID, "outcome-A").click()
-        b.find_element(By.ID, "submit-vote").click()
+        _submit(b, "submit-vote")
         assert b.find_element(By.ID, "state").text == "voted"
         winner = b.find_element(By.ID, "reveal-A").text
         assert {winner, b.find_element(By.ID, "reveal-B").text} == {"secret-policy-0", "secret-policy-1"}
