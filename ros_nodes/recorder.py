@@ -158,6 +158,7 @@ class Recorder:
         self._queue_raw()
         self.writer.finish()
         summary = {"streams": self.aligner.summary(), "steps": self.writer.written, "success": self.success,
+                   "dropped_ticks": dict(self.aligner.drops),  # by cause: which stream, gap or staleness
                    "cpu_s": {**{k: round(v, 3) for k, v in self.cpu_s.items()}, "writer": round(self.writer.cpu_s, 3)}}
         writer, error = self.writer.writer, self.writer.error
         self.aligner, self.writer = None, None
@@ -167,11 +168,13 @@ class Recorder:
             reason = error or self._why_no_steps(summary["streams"])
             self.log("error", f"episode discarded: {reason}")
             return False, json.dumps({**summary, "error": reason})
-        writer.meta.tags["recorder"] = {"streams": summary["streams"]}
+        writer.meta.tags["recorder"] = {"streams": summary["streams"], "dropped_ticks": summary["dropped_ticks"]}
         index = writer.commit(success=self.success)
         self.committed += 1
         summary["episode"] = index
-        self.log("info", f"committed episode {index}: {summary['steps']} steps, success={self.success}")
+        drops = "; ".join(f"{why}: {n}" for why, n in summary["dropped_ticks"].items())
+        self.log("info", f"committed episode {index}: {summary['steps']} steps, success={self.success}"
+                 + (f"; dropped control ticks: {drops}" if drops else ""))
         return True, json.dumps(summary)
 
     def discard(self) -> tuple[bool, str]:

@@ -129,6 +129,8 @@ def test_recorder_survives_bad_input_and_a_kill(rclpy_context, tmp_path) -> None
         assert joint["rejected"] == 3 and cam["rejected"] == 2, summary
         assert cam["missing_steps"] > 0  # steps without a camera frame are dropped, not invented
         assert cam["gaps"] > 0 and joint["lost"] == 0
+        drops = summary["dropped_ticks"]  # each dropped tick with its cause: here the camera's pause
+        assert sum(n for why, n in drops.items() if why.startswith("camera_front")) == cam["missing_steps"], drops
         assert rec.alive()
         log = rec.log_text()
         for text in ("contains NaN", "out-of-order stamp", "missing or invalid header stamp",
@@ -140,6 +142,8 @@ def test_recorder_survives_bad_input_and_a_kill(rclpy_context, tmp_path) -> None
         ep = store.read_episode(0)
         assert ep["camera_front"].shape[1:] == (24, 32, 3) and np.isfinite(ep["joint_pos"]).all()
         assert summary["steps"] == store.episode(0).length > 20, summary
+        assert store.episode(0).meta.tags["recorder"]["dropped_ticks"] == drops
+        assert "dropped control ticks: camera_front" in rec.log_text()
 
         # killed mid-episode: the committed episode survives, the next recorder appends after it
         assert drv.call("/recorder/start").success
