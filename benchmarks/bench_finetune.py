@@ -70,7 +70,9 @@ def final_rows(root: Path) -> list[list[str]]:
         lo, hi = wilson_interval(k, n)
         seeds = d.get("seeds") or []
         cmd = path.parent.parent / "eval100.sh"
-        rows.append([path.parent.parent.name, f"{k}/{n}", f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]",
+        agent = str(d.get("agent", ""))  # "checkpoint <path> (device ...)"
+        ckpt = agent.split()[1] if agent.startswith("checkpoint ") else agent
+        rows.append([path.parent.parent.name, f"`{ckpt}`", f"{k}/{n}", f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]",
                      f"{min(seeds)}..{max(seeds)}" if seeds else "?", str(cmd) if cmd.exists() else "-"])
     return rows
 
@@ -112,7 +114,7 @@ def main() -> None:
     final = final_rows(Path(args.runs))
     if final:
         body += ("\n\nFinal evaluation (`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on):\n\n"
-                 + markdown_table(["policy", "successes", "rate [Wilson 95 %]", "seeds", "command"], final))
+                 + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final))
     body += ("\n\nLearning-curve evaluation: 50 fixed unseen seeds (`eval_seed` ..), no exploration; the first row "
              "of each run's eval.csv (env steps 0) is the base itself (zero-initialised residual). `train env steps` "
              "counts training episodes only (evaluation episodes are extra); `train wall min` is the training loop's "
