@@ -1,7 +1,10 @@
 """Per-key affine normalization to [-1, 1], stored inside every checkpoint.
 
 Built from the store's ``KeyStats`` (min/max per dimension). Dimensions that are (nearly) constant
-are shifted to 0 but not scaled, so a constant input never blows up to huge values.
+are shifted to 0 but not scaled, so a constant input never blows up to huge values. Going back,
+[-1, 1] maps onto [min, max] of the data, so a constant dimension comes back as its constant: a model
+output there is extrapolation (the push demos never open the gripper; an unclamped -1.7 there was an
+out-of-range action that the deploy safety layer holds on, 15-28 % of the ticks).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class Normalizer(nn.Module):
             offset = torch.where(constant, -lo, -1.0 - lo * scale)
             self.register_buffer(f"scale_{key}", scale)
             self.register_buffer(f"offset_{key}", offset)
+            # derived from the stats, so not in the state dict: checkpoints written before it load unchanged
+            self.register_buffer(f"constant_{key}", constant, persistent=False)
+            self.register_buffer(f"min_{key}", lo, persistent=False)
 
     def _params(self, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         if key not in self.stats:
@@ -66,6 +72,6 @@ class Normalizer(nn.Module):
         return x * scale + offset
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] -> raw units along the last dimension."""
+        """[-1, 1] -> raw units along the last dimension (a constant dimension -> its constant)."""
         scale, offset = self._params(key)
-        return (x - offset) / scale
+        return torch.where(getattr(self, f"constant_{key}"), getattr(self, f"min_{key}"), (x - offset) / scale)

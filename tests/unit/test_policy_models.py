@@ -149,6 +149,10 @@ def test_normalizer_maps_range_and_constant_dims() -> None:
     y = norm.normalize("x", x)
     torch.testing.assert_close(y, torch.tensor([[-1.0, 0.0, -1.0], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]))
     torch.testing.assert_close(norm.unnormalize("x", y), x)
+    # a model output anywhere in [-1, 1] comes back inside the data's range: a constant dim as its constant
+    out = norm.unnormalize("x", torch.tensor([[1.0, 0.7, -1.0], [-1.0, -1.0, 1.0]]))
+    torch.testing.assert_close(out, torch.tensor([[10.0, 5.0, -2.0], [0.0, 5.0, 2.0]]))
+    assert "constant_x" not in norm.state_dict()  # derived from the stats: old checkpoints load unchanged
     with pytest.raises(ValueError, match="key 'y' contain NaN"):
         Normalizer({"y": {"min": [float("nan")], "max": [1.0]}})
     with pytest.raises(KeyError, match="no statistics for key 'z'"):
