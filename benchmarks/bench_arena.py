@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from robot_learning.arena.ranking import Comparison, fit  # noqa: E402
 from robot_learning.arena.scheduler import choose_pair, pair_weights  # noqa: E402
 
-BUDGETS = (50, 100, 200, 300, 500)  # rows of the curve table
+BUDGETS = (50, 100, 200, 300, 400)  # rows of the curve table
 STEP = 10  # metrics every STEP comparisons
 HORIZON = 400
 REFIT_EVERY = 5  # the scheduler refits every 5 votes here (the server refits for every session)

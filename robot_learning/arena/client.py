@@ -14,6 +14,9 @@ and the anonymous slot as tags, ``arena-slot-A``/``-B`` as the policy id). Two r
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -228,22 +231,27 @@ class NodeRunner:
 
     def run(self, endpoint: str, rec: SlotRecord) -> SlotRun:
         """One deployed episode of the slot; SlotFailed naming the cause if the node or the server failed."""
-        from ros_nodes.deploy import load_configs, prepare, run_sim_episodes
-
+        # `rlstack deploy` in its own process: the arena (robot_learning) never imports ros_nodes, and the
+        # graph is exactly the one an engineer deploys; its deploy_report.json is the result.
         log_dir = Path(self.log_dir) / f"{rec.session_id}-{rec.slot}"
-        overrides = [f"task={self.task}", f"deploy.policy.server='{endpoint}'", "episodes=1",
+        tags = ",".join(f"{k}:{v if isinstance(v, int | float) else _quoted(v)}" for k, v in rec.tags().items())
+        overrides = [f"task={self.task}", f"deploy.policy.server={_quoted(endpoint)}", "episodes=1",
                      f"max_steps={self.max_steps}", f"robot.seed={rec.seed}", f"robot.image_size={self.image_size}",
                      f"robot.cameras=[{','.join(self.cameras)}]", f"domain_id={self.domain_id}",
-                     f"log_dir='{log_dir}'", f"store='{self.store or 'none'}'", *self.overrides]
-        run_cfg, node_cfg, cfg = load_configs(overrides)
-        r = node_cfg.record
-        r.source, r.policy_id, r.instruction, r.tags = "arena", rec.policy_id, rec.instruction, rec.tags()
-        r.operator = rec.operator
-        env, log_dir = prepare(run_cfg, node_cfg, cfg)
-        try:
-            report = run_sim_episodes(run_cfg, node_cfg, env, log_dir)
-        except RuntimeError as exc:
-            raise SlotFailed(f"deploy graph failed ({exc}); logs in {log_dir}") from exc
+                     f"log_dir={_quoted(str(log_dir))}", f"store={_quoted(self.store or 'none')}",
+                     "deploy.record.source=arena", f"deploy.record.policy_id={_quoted(rec.policy_id)}",
+                     f"deploy.record.instruction={_quoted(rec.instruction)}", f"operator={_quoted(rec.operator)}",
+                     f"++deploy.record.tags={{{tags}}}", *self.overrides]  # ++: the default {} has no keys to override
+        report_path = log_dir / "deploy_report.json"
+        report_path.unlink(missing_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with (log_dir / "deploy.log").open("w") as log:
+            proc = subprocess.run([sys.executable, "-m", "robot_learning.cli", "deploy", *overrides],
+                                  stdout=log, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0 or not report_path.exists():
+            tail = (log_dir / "deploy.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise SlotFailed(f"deploy graph failed (exit {proc.returncode}: {' | '.join(tail)}); logs in {log_dir}")
+        report = json.loads(report_path.read_text())
         errors = int(report["diagnostics"].get("inference_errors") or 0)
         if errors:
             raise SlotFailed(f"the policy node saw {errors} inference error(s) from the slot's policy server; "
@@ -269,6 +277,11 @@ class NodeRunner:
         if not found:
             raise SlotFailed(f"the policy node recorded no episode of slot {rec.slot} into {self.store}")
         return found[-1]
+
+
+def _quoted(value: Any) -> str:
+    """A Hydra override value quoted so spaces, commas and quotes survive."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _recorded(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
