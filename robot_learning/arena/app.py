@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session
 
 from robot_learning.arena import schemas, services
@@ -103,6 +104,13 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
         if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
             raise exc
         return JSONResponse({"detail": f"database unavailable ({type(exc.orig).__name__}); retry the request "
+                                       "(a vote with the same idempotency key is stored once)"},
+                            status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(PoolTimeoutError)
+    async def _pool_exhausted(request: Request, exc: PoolTimeoutError) -> JSONResponse:
+        # every pooled connection busy for pool_timeout: overload, not a bug; the client backs off and resends
+        return JSONResponse({"detail": "server busy (no free database connection); retry the request "
                                        "(a vote with the same idempotency key is stored once)"},
                             status_code=503, headers={"Retry-After": "1"})
 
