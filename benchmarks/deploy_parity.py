@@ -153,7 +153,7 @@ def parity_section(checkpoints: dict[str, str], episodes: int, seed: int, max_st
         for text, name, srv in variants:
             r = node_row(name, ckpt, task, episodes, seed, max_steps, out, [], serve=srv)
             agree = sum(r["per_seed"].get(s) == direct["per_seed"].get(s) for s in seeds)
-            ok = lo <= r["k"] / r["n"] and r["k"] >= 0.9 * direct["k"]
+            ok = lo <= r["k"] / r["n"] <= hi and r["k"] >= 0.9 * direct["k"]
             rows.append([label, text, format_rate(r["k"], r["n"], seeds), "yes" if ok else "**no**",
                          f"{agree}/{episodes}", f"{r['o2a']:.0f}" if r["o2a"] is not None else "-", _load(r["load"])])
         print(label, "done", time.strftime("%H:%M:%S"), flush=True)
