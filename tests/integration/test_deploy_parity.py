@@ -58,6 +58,7 @@ def _task_of(checkpoint: Path) -> dict[str, Any]:
     return {"name": "lift", "cameras": cams, "image_size": int(size)}
 
 
+@pytest.mark.timeout(1500)  # its fixture trains the BC checkpoint (~6 min of CPU, more on a shared machine)
 def test_node_success_matches_direct_eval_on_the_same_seeds(parity_checkpoint: Path, ros_env: Any,
                                                             tmp_path: Path) -> None:
     from scipy.stats import fisher_exact
