@@ -77,6 +77,12 @@ def clean(value: Any) -> Any:
     return value
 
 
+def _retry_later(why: str) -> JSONResponse:
+    """503 + Retry-After for a transient server state; votes are idempotent, so resending is safe."""
+    return JSONResponse({"detail": f"{why}; retry the request (a vote with the same idempotency key is stored once)"},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
 def create_app(settings: ArenaSettings | None = None) -> FastAPI:
     """The arena app over ``settings.db_url`` (migrated to the newest schema first)."""
     settings = (settings or ArenaSettings()).validate()
@@ -103,16 +109,12 @@ def create_app(settings: ArenaSettings | None = None) -> FastAPI:
         # not a bug: 503 with Retry-After; votes are idempotent, so the client resends the same key
         if not (exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))):
             raise exc
-        return JSONResponse({"detail": f"database unavailable ({type(exc.orig).__name__}); retry the request "
-                                       "(a vote with the same idempotency key is stored once)"},
-                            status_code=503, headers={"Retry-After": "1"})
+        return _retry_later(f"database unavailable ({type(exc.orig).__name__})")
 
     @app.exception_handler(PoolTimeoutError)
     async def _pool_exhausted(request: Request, exc: PoolTimeoutError) -> JSONResponse:
         # every pooled connection busy for pool_timeout: overload, not a bug; the client backs off and resends
-        return JSONResponse({"detail": "server busy (no free database connection); retry the request "
-                                       "(a vote with the same idempotency key is stored once)"},
-                            status_code=503, headers={"Retry-After": "1"})
+        return _retry_later("server busy (no free database connection)")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
