@@ -8,7 +8,11 @@ one start seed and takes both policies' recorded episodes from that seed (matche
 simulated evaluator scores progress (100 for a success, minus a speed term, 0 for a failure) with
 noise, a position bias towards A and lazy ties, and votes. The fit is compared with the true success rates (Kendall tau, Spearman, Pearson, MMRV) as a
 function of the number of comparisons, for random (uniform) and active pairing, and how many
-comparisons each run needs to reach Kendall tau >= 0.9 and MMRV <= 2 % for good. ``--e2e`` repeats one
+comparisons each run needs to reach Kendall tau >= 0.9 and MMRV <= 2 % for good. Two policy sets: all
+the given policies, and the separable subset (from the best down, each policy kept only if an exact
+paired test on the shared seeds separates it from the last one kept), because some pairs of the full set
+are as close as the 200-episode truth can measure (a ranking cannot be scored on an order the truth
+does not know); the full set also reports Kendall tau over the truth-ordered pairs only. ``--e2e`` repeats one
 run through the real server over loopback (sessions + votes over HTTP), ``--load`` runs concurrent
 evaluators against PostgreSQL.
 
@@ -119,14 +123,43 @@ def mmrv(truth: np.ndarray, score: np.ndarray) -> float:
     return float(worst.mean())
 
 
-def metrics(truth: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """Agreement of the fitted scores with the truth."""
-    return {"kendall": float(kendalltau(truth, score).statistic), "spearman": float(spearmanr(truth, score).statistic),
-            "pearson": float(pearsonr(truth, score).statistic), "mmrv": mmrv(truth, score)}
+def metrics(truth: np.ndarray, score: np.ndarray, separated: np.ndarray | None = None) -> dict[str, float]:
+    """Agreement of the fitted scores with the truth (``separated``: the (P, P) mask of the pairs the truth
+    itself orders, for Kendall tau over those pairs only)."""
+    out = {"kendall": float(kendalltau(truth, score).statistic), "spearman": float(spearmanr(truth, score).statistic),
+           "pearson": float(pearsonr(truth, score).statistic), "mmrv": mmrv(truth, score)}
+    if separated is not None:
+        agree = np.sign(truth[:, None] - truth[None, :]) * np.sign(score[:, None] - score[None, :])
+        pairs = np.triu(separated, 1)
+        out["kendall_sep"] = float(agree[pairs].mean()) if pairs.any() else float("nan")
+    return out
+
+
+def separated_pairs(succ: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """(P, P) mask: the truth orders i and j (exact paired test on the shared seeds, McNemar, p < alpha)."""
+    from scipy.stats import binomtest
+
+    n = len(succ)
+    out = np.zeros((n, n), bool)
+    for i in range(n):
+        for j in range(i + 1, n):
+            n10, n01 = int(np.sum(succ[i] & ~succ[j])), int(np.sum(~succ[i] & succ[j]))
+            out[i, j] = out[j, i] = n10 + n01 > 0 and binomtest(n10, n10 + n01).pvalue < alpha
+    return out
+
+
+def separable_subset(truth: np.ndarray, separated: np.ndarray) -> list[int]:
+    """Policies kept from the best down, each only if the truth separates it from the last one kept: a set
+    whose true order is known (the full set has pairs that 200 episodes cannot order either)."""
+    keep: list[int] = []
+    for i in np.argsort(-truth, kind="stable"):
+        if not keep or separated[keep[-1], i]:
+            keep.append(int(i))
+    return sorted(keep)
 
 
 def run_once(truth: np.ndarray, ev: SimEvaluator, strategy: str, horizon: int, rng: np.random.Generator,
-             refit_every: int = REFIT_EVERY) -> dict[int, dict[str, float]]:
+             refit_every: int = REFIT_EVERY, separated: np.ndarray | None = None) -> dict[int, dict[str, float]]:
     """One arena run; metrics every ``STEP`` comparisons up to ``horizon`` (weights refit every ``refit_every``)."""
     ids = list(range(len(truth)))
     comps: list[Comparison] = []
@@ -138,7 +171,7 @@ def run_once(truth: np.ndarray, ev: SimEvaluator, strategy: str, horizon: int, r
         a, b, _ = choose_pair(weights, rng)
         comps.append(ev.judge(a, b))
         if len(comps) % STEP == 0:
-            out[len(comps)] = metrics(truth, fit(comps, ids).theta)
+            out[len(comps)] = metrics(truth, fit(comps, ids).theta, separated)
     return out
 
 
@@ -153,14 +186,15 @@ def reached(by_n: dict[int, dict[str, float]]) -> int | None:
 
 
 def simulate(truth: np.ndarray, succ: np.ndarray, length: np.ndarray, repeats: int,
-             strategies: tuple[str, ...] = ("uniform", "active")) -> dict:
+             strategies: tuple[str, ...] = ("uniform", "active"), separated: np.ndarray | None = None) -> dict:
     """Per strategy: the mean curve (every STEP comparisons) and every run's comparisons-to-target."""
     res: dict = {}
     for strategy in strategies:
         runs = []
         for r in range(repeats):
             rng = np.random.default_rng(1000 + r)
-            runs.append(run_once(truth, SimEvaluator(succ, length, 120, rng), strategy, HORIZON, rng))
+            runs.append(run_once(truth, SimEvaluator(succ, length, 120, rng), strategy, HORIZON, rng,
+                                  separated=separated))
         ns = sorted(runs[0])
         res[strategy] = {"curve": {n: {k: float(np.mean([run[n][k] for run in runs])) for k in runs[0][n]} for n in ns},
                          "needed": [reached(run) for run in runs]}
@@ -257,6 +291,24 @@ def pg_database() -> tuple[str, object]:
     return next(gen), gen
 
 
+def set_tables(label: str, sim: dict, n_policies: int) -> list[str]:
+    """Comparisons-to-target and curve tables of one policy set."""
+    sep = "kendall_sep" in next(iter(sim.values()))["curve"][BUDGETS[0]]
+    lines = ["", f"**{label} ({n_policies} policies).** Comparisons needed to reach Kendall tau >= {TAU_TARGET} and "
+             f"MMRV <= {100 * MMRV_TARGET:.0f} % (checked every {STEP}; the first count after which every later check "
+             f"up to {HORIZON} holds):", "",
+             "| pairing | runs | median | mean | range | runs there within 300 |", "|---|---|---|---|---|---|"]
+    lines += [needed_row(strategy, r["needed"]) for strategy, r in sim.items()]
+    head = "| pairing | comparisons | Kendall tau | Spearman | Pearson | MMRV |" + (" tau, truth-ordered pairs |" if sep else "")
+    lines += ["", head, "|---" * (7 if sep else 6) + "|"]
+    for strategy, r in sim.items():
+        for n in BUDGETS:
+            m = r["curve"][n]
+            lines.append(f"| {strategy} | {n} | {m['kendall']:.3f} | {m['spearman']:.3f} | {m['pearson']:.3f} | "
+                         f"{100 * m['mmrv']:.2f} % |" + (f" {m['kendall_sep']:.3f} |" if sep else ""))
+    return lines
+
+
 def main() -> int:
     """Run the benchmark and write the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -270,19 +322,18 @@ def main() -> int:
     args = ap.parse_args()
     names, truth, succ, length = load_truth(ROOT / args.truth, args.policies.split(","))
     t0 = time.time()
-    sim = simulate(truth, succ, length, args.repeats)
-    lines = ["| policy | true success (200 direct sim episodes) |", "|---|---|"]
-    lines += [f"| {n} | {r:.3f} |" for n, r in sorted(zip(names, truth, strict=True), key=lambda x: -x[1])]
-    lines += ["", f"Comparisons needed to reach Kendall tau >= {TAU_TARGET} and MMRV <= {100 * MMRV_TARGET:.0f} % "
-              f"(checked every {STEP}; the first count after which every later check up to {HORIZON} holds):", "",
-              "| pairing | runs | median | mean | range | runs there within 300 |", "|---|---|---|---|---|---|"]
-    lines += [needed_row(strategy, r["needed"]) for strategy, r in sim.items()]
-    lines += ["", "| pairing | comparisons | Kendall tau | Spearman | Pearson | MMRV |", "|---|---|---|---|---|---|"]
-    for strategy, r in sim.items():
-        for n in BUDGETS:
-            m = r["curve"][n]
-            lines.append(f"| {strategy} | {n} | {m['kendall']:.3f} | {m['spearman']:.3f} | {m['pearson']:.3f} | "
-                         f"{100 * m['mmrv']:.2f} % |")
+    sep = separated_pairs(succ)
+    keep = separable_subset(truth, sep)
+    sims = {"all": simulate(truth, succ, length, args.repeats, separated=sep),
+            "separable": simulate(truth[keep], succ[keep], length[keep], args.repeats)}
+    lines = ["| policy | true success (200 direct sim episodes) | in the separable set |", "|---|---|---|"]
+    lines += [f"| {names[k]} | {truth[k]:.3f} | {'yes' if k in keep else 'no'} |" for k in np.argsort(-truth, kind="stable")]
+    unordered = [f"{names[i]} / {names[j]}" for i in range(len(names)) for j in range(i + 1, len(names)) if not sep[i, j]]
+    lines += ["", f"Pairs the truth itself cannot order (exact paired test on the 200 shared seeds, p >= 0.05): "
+              f"{', '.join(unordered) or 'none'}. The separable set keeps, from the best down, each policy the truth "
+              f"separates from the last one kept ({len(keep)} of {len(names)})."]
+    for label, sim in (("all", sims["all"]), ("separable", sims["separable"])):
+        lines += set_tables(label, sim, len(names) if label == "all" else len(keep))
     extra = []
     if args.e2e:
         import tempfile
@@ -303,7 +354,7 @@ def main() -> int:
         for label, e in extra:
             lines.append(f"| {label} | {e['sessions']} / {e['stored']} | {e['rps']:.0f} | {e['p50_ms']:.0f} / "
                          f"{e['p99_ms']:.0f} ms | {e['kendall']:.3f} | {100 * e['mmrv']:.2f} % |")
-    plot(sim, ROOT / "benchmarks" / "arena_ranking.png")
+    plot(sims, ROOT / "benchmarks" / "arena_ranking.png")
     note = (f"\nMeasured by `.venv/bin/python benchmarks/bench_arena.py{' --e2e' if args.e2e else ''}"
             f"{' --load' if args.load else ''}` ({args.repeats} runs per pairing, means; {time.time() - t0:.0f} s; "
             f"1-min load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end). {TRUTH_NOTE}\n")
@@ -312,24 +363,27 @@ def main() -> int:
     return 0
 
 
-def plot(sim: dict, path: Path) -> None:
-    """Kendall tau and MMRV vs comparisons, random vs active, mean over the runs."""
+def plot(sims: dict, path: Path) -> None:
+    """Kendall tau and MMRV vs comparisons, random vs active, mean over the runs, both policy sets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    for strategy, r in sim.items():
-        curve = r["curve"]
-        ns = sorted(curve)
-        ax1.plot(ns, [curve[n]["kendall"] for n in ns], "-", label="random (uniform)" if strategy == "uniform" else strategy)
-        ax2.plot(ns, [100 * curve[n]["mmrv"] for n in ns], "-", label=strategy)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for (label, sim), style in zip(sims.items(), ("-", "--"), strict=False):
+        for strategy, r in sim.items():
+            curve = r["curve"]
+            ns = sorted(curve)
+            name = f"{'random' if strategy == 'uniform' else strategy}, {label}"
+            color = "C0" if strategy == "uniform" else "C1"
+            ax1.plot(ns, [curve[n]["kendall"] for n in ns], style, color=color, label=name)
+            ax2.plot(ns, [100 * curve[n]["mmrv"] for n in ns], style, color=color, label=name)
     ax1.axhline(TAU_TARGET, color="grey", ls=":")
     ax2.axhline(100 * MMRV_TARGET, color="grey", ls=":")
     ax1.set(xlabel="comparisons", ylabel="Kendall tau vs truth (mean)")
     ax2.set(xlabel="comparisons", ylabel="MMRV (%, mean)", ylim=(0, 10))
-    ax1.legend()
+    ax1.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -317,7 +317,9 @@ def main() -> None:
                       f"{cmd} --parts latency --bases {' '.join(args.bases)} --rounds {args.rounds}")
     if "sim" in args.parts:
         bases = {b: ROOT / "runs" / "bases" / args.task / b / "policy.pt" for b in args.bases}
-        write(f"steering_sim_{args.task}", f"Value-guided steering (V-GPS): {args.task}, real bases",
+        # one section per task and base set, so a base measured on another day does not replace the others
+        write(f"steering_sim_{args.task}_{'_'.join(args.bases)}",
+              f"Value-guided steering (V-GPS): {args.task}, {', '.join(args.bases)} base" + "s" * (len(args.bases) > 1),
                       sim(args.task, bases, args.sim_episodes, args.base_episodes, args.jobs, not args.no_run) + "\n\n" + load_note(load0),
                       f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
                       f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}")

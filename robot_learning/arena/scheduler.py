@@ -10,9 +10,11 @@ Strategies (the probability of every candidate pair is returned so that it is st
   Phi(-|delta|/s), summed over every pair, so it is large for neighbours whose intervals overlap and
   near zero for pairs already separated. One more comparison of (i, j) adds its Davidson Fisher
   information to the precision (a rank-one update of C, Sherman-Morrison); the pair whose update
-  shrinks the total loss most is the most useful next comparison. Weights are the reductions squared
-  (normalised, so the best few pairs take most of the mass) plus a uniform floor (``explore``) that
-  keeps every pair reachable and protects against a wrong early fit.
+  shrinks the total loss most is the most useful next comparison. Weights are the reductions to the
+  fourth power (normalised, so the best few pairs take most of the mass; over 30 simulated arenas of
+  benchmarks/bench_arena.py the fourth power ranked better at 300 comparisons than the square, tau
+  0.971 vs 0.964 and MMRV 1.0 vs 1.5 %) plus a uniform floor (``explore``) that keeps every pair
+  reachable and protects against a wrong early fit.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def davidson_information(d: float, log_nu: float) -> float:
 
 
 def _active_weights(ids: list[int], pairs: list[tuple[int, int]], comparisons: Sequence[Comparison]) -> np.ndarray:
-    """Expected reduction of the total ranking loss by one more comparison of each pair, squared."""
+    """Expected reduction of the total ranking loss by one more comparison of each pair, to the fourth power."""
     relevant = [c for c in comparisons if c.a in ids and c.b in ids]
     model = fit(relevant, ids, with_hessian=True)
     cov = model.covariance()
@@ -125,7 +127,8 @@ def _active_weights(ids: list[int], pairs: list[tuple[int, int]], comparisons: S
         cu = cov @ u
         new = cov - np.outer(cu, cu) * info / (1.0 + info * float(u @ cu))
         out[k] = max(base - ranking_loss(delta, pair_var(new)), 0.0)
-    return out**2
+    top = out.max()
+    return (out / top) ** 4 if top > 0 else out  # scaled first: tiny reductions must not underflow to 0
 
 
 def choose_pair(weights: Mapping[str, float], rng: np.random.Generator) -> tuple[int, int, float]:

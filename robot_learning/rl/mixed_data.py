@@ -84,6 +84,7 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
     """Roll the base out in sim and commit every episode (source=policy)."""
     from tqdm import tqdm
 
+    from robot_learning.data.layout import schema_step
     from robot_learning.data.store import EpisodeMeta, EpisodeStore
     from robot_learning.eval.policy_agent import PolicyAgent
     from robot_learning.policies.checkpoint import load_policy
@@ -109,7 +110,10 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
                     robot.act(action)
                     steps += 1
                     ok = robot.success()
-                    writer.append({**obs.data, "action": action, "reward": np.float32(ok), "done": bool(ok)},
+                    done = ok or steps >= cfg.max_steps  # a time-out is a truncation (done, not terminal)
+                    # the demos' step schema, so base rollouts can also be appended to a demo store
+                    writer.append({**obs.data, "action": action,
+                                   **schema_step(reward=float(ok), done=done, terminal=ok, control_source="policy")},
                                   {**obs.stamps, "step": tick})
                     obs = robot.observe()
                 writer.commit(success=ok)
