@@ -112,12 +112,15 @@ class SimEvaluator:
         return Comparison(a, b, outcome, "push", pa, pb)
 
 
-def mmrv(truth: np.ndarray, score: np.ndarray) -> float:
-    """Mean maximum rank violation (SIMPLER): per policy the largest true-rate gap it is mis-ordered by."""
+def mmrv(truth: np.ndarray, score: np.ndarray, counted: np.ndarray | None = None) -> float:
+    """Mean maximum rank violation (SIMPLER): per policy the largest true-rate gap it is mis-ordered by
+    (``counted``: a (P, P) mask of the pairs that count; default all)."""
     n = len(truth)
     worst = np.zeros(n)
     for i in range(n):
         for j in range(n):
+            if counted is not None and not counted[i, j]:
+                continue
             if (truth[i] < truth[j]) != (score[i] < score[j]) and truth[i] != truth[j]:
                 worst[i] = max(worst[i], abs(truth[i] - truth[j]))
     return float(worst.mean())
@@ -132,6 +135,7 @@ def metrics(truth: np.ndarray, score: np.ndarray, separated: np.ndarray | None =
         agree = np.sign(truth[:, None] - truth[None, :]) * np.sign(score[:, None] - score[None, :])
         pairs = np.triu(separated, 1)
         out["kendall_sep"] = float(agree[pairs].mean()) if pairs.any() else float("nan")
+        out["mmrv_sep"] = mmrv(truth, score, separated)
     return out
 
 
@@ -299,13 +303,13 @@ def set_tables(label: str, sim: dict, n_policies: int) -> list[str]:
              f"up to {HORIZON} holds):", "",
              "| pairing | runs | median | mean | range | runs there within 300 |", "|---|---|---|---|---|---|"]
     lines += [needed_row(strategy, r["needed"]) for strategy, r in sim.items()]
-    head = "| pairing | comparisons | Kendall tau | Spearman | Pearson | MMRV |" + (" tau, truth-ordered pairs |" if sep else "")
-    lines += ["", head, "|---" * (7 if sep else 6) + "|"]
+    head = "| pairing | comparisons | Kendall tau | Spearman | Pearson | MMRV |" + (" tau, truth-ordered pairs | MMRV, truth-ordered pairs |" if sep else "")
+    lines += ["", head, "|---" * (8 if sep else 6) + "|"]
     for strategy, r in sim.items():
         for n in BUDGETS:
             m = r["curve"][n]
             lines.append(f"| {strategy} | {n} | {m['kendall']:.3f} | {m['spearman']:.3f} | {m['pearson']:.3f} | "
-                         f"{100 * m['mmrv']:.2f} % |" + (f" {m['kendall_sep']:.3f} |" if sep else ""))
+                         f"{100 * m['mmrv']:.2f} % |" + (f" {m['kendall_sep']:.3f} | {100 * m['mmrv_sep']:.2f} % |" if sep else ""))
     return lines
 
 
