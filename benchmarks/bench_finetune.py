@@ -77,6 +77,20 @@ def final_rows(root: Path) -> list[list[str]]:
     return rows
 
 
+def write_final(root: Path) -> None:
+    """The final-evaluation table alone (baselines measured without a learning curve), section finetune_final."""
+    final = final_rows(root)
+    if not final:
+        raise SystemExit(f"bench_finetune: no */eval100/report.json under {root}")
+    load0 = __import__("os").getloadavg()[0]
+    body = ("`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on; each folder's eval100.sh "
+            "holds the commands that made its checkpoint and evaluated it.\n\n"
+            + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final)
+            + "\n\n" + load_note(load0))
+    write_section("finetune_final", "Residual RL fine-tuning: baselines, final evaluation", body,
+                  f"python benchmarks/bench_finetune.py --runs {root} --only-final")
+
+
 def main() -> None:
     """Tabulate every run folder with an eval.csv."""
     import torch
@@ -85,7 +99,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", default="runs/finetune")
     parser.add_argument("--steps", type=int, default=300, help="step_action calls timed per run")
+    parser.add_argument("--section", default="finetune",
+                        help="README section to write (runs of another day into their own section keep the others)")
+    parser.add_argument("--title", default="", help="added to the section title")
+    parser.add_argument("--only-final", action="store_true",
+                        help="write only the final-evaluation table (baselines), into its own section")
     args = parser.parse_args()
+    if args.only_final:
+        write_final(Path(args.runs))
+        return
     rows, notes = [], []
     for run in sorted(p.parent for p in Path(args.runs).glob("*/eval.csv")):
         evals = list(csv.DictReader(open(run / "eval.csv")))
@@ -122,7 +144,10 @@ def main() -> None:
              "evaluation's steps (normalized units). `step_action ms`: the residual's per-executed-step cost on one "
              "thread (frozen base encoder on the newest frame + MLP); `base chunk ms`: one base inference.\n\n"
              + "\n\n".join(notes) + "\n\n" + load_note())
-    write_section("finetune", "Residual RL fine-tuning (ResFiT-style) in sim", body, "python benchmarks/bench_finetune.py")
+    title = "Residual RL fine-tuning (ResFiT-style) in sim" + (f" ({args.title})" if args.title else "")
+    cmd = "python benchmarks/bench_finetune.py" + (f" --runs {args.runs}" if args.runs != "runs/finetune" else "")
+    cmd += f" --section {args.section}" if args.section != "finetune" else ""
+    write_section(args.section, title, body, cmd + (f" --title '{args.title}'" if args.title else ""))
 
 
 if __name__ == "__main__":
