@@ -156,6 +156,7 @@ def latency(bases: dict[str, Path], rounds: int = 60) -> str:
 # -- real sim rows -------------------------------------------------------------------------------------
 QUALITIES = ("1.0", "0.7", "0.5", "0.3", "0.1")
 CRITIC_ARGS = ["net.score=chunk", "n_step=8", "gamma=0.98", "steps=4000", "batch_size=256", "progress=false"]
+CHECK_EPISODES = 0  # --check-episodes
 COMMANDS: list[str] = []  # every rlstack command the sim part ran (or would run), for the README
 
 
@@ -200,10 +201,10 @@ def _composite(critic_dir: Path, base: Path, out: Path, **settings: object) -> P
     return out
 
 
-def _eval(ckpt: Path, out: Path, task: str, episodes: int, run: bool = True) -> list[bool] | None:
-    """Successes per seed (seeds 100000.. in order) from ``rlstack eval``; None when not (yet) evaluated."""
+def _eval(ckpt: Path, out: Path, task: str, episodes: int, run: bool = True, seed: int = 100000) -> list[bool] | None:
+    """Successes per seed (seeds ``seed``.. in order) from ``rlstack eval``; None when not (yet) evaluated."""
     _rlstack(["eval", f"checkpoint={_rel(ckpt)}", f"task={task}", "task.image_size=32", f"episodes={episodes}",
-              "seed=100000", "procs=1", "videos=0", f"out={_rel(out)}"], out / "eval.log", out / "report.json",
+              f"seed={seed}", "procs=1", "videos=0", f"out={_rel(out)}"], out / "eval.log", out / "report.json",
              run=run and ckpt.exists())
     if not (out / "report.json").exists():
         return None
@@ -246,12 +247,32 @@ def _base_rows(task: str, name: str, base: Path, episodes: int, base_episodes: i
     results = {n: f.result() for n, f in futures.items()}
     if results["base"] is None:
         return f"**{name}** base ({_rel(base)}): not evaluated yet."
+    check = _check_rows(task, name, base, episodes, results, pool, run) if CHECK_EPISODES else ""
     table = [_row(n, w, results["base"]) if n != "base" else _row(n, w, None)
              for n, w in results.items() if w is not None]
     missing = [n for n, w in results.items() if w is None]
     return (f"**{name}** base ({_rel(base)}):\n\n" + markdown_table(
         ["policy", "successes", "rate", "Wilson 95 % CI", "Δ points vs base", "won/lost vs base (paired)"], table)
-        + (f"\n\nNot finished yet: {', '.join(missing)}." if missing else ""))
+        + (f"\n\nNot finished yet: {', '.join(missing)}." if missing else "") + check)
+
+
+def _check_rows(task: str, name: str, base: Path, episodes: int, first: dict[str, list[bool] | None], pool: Any,
+                run: bool) -> str:
+    """Base, the control and Cal-QL K=10 on CHECK_EPISODES more unseen seeds, and pooled with the first ones."""
+    d, seed = RUNS / task / name, 100000 + episodes
+    ckpts = {"base": base, "V-GPS (Cal-QL) K=10": d / "vgps_calql_k10.pt",
+             "random of K=10 (control)": d / "vgps_calql_k10_random.pt"}
+    tags = {"base": "base", "V-GPS (Cal-QL) K=10": "calql_k10", "random of K=10 (control)": "calql_k10_random"}
+    futures = {n: pool.submit(_eval, c, d / f"check_{tags[n]}", task, CHECK_EPISODES, run, seed) for n, c in ckpts.items()}
+    more = {n: f.result() for n, f in futures.items()}
+    if any(v is None for v in more.values()) or any(first.get(n) is None for n in more):
+        return f"\n\nCheck on {CHECK_EPISODES} more seeds: not finished yet."
+    pooled = {n: list(first[n]) + list(more[n]) for n in more}  # type: ignore[arg-type]
+    header = ["policy", "successes", "rate", "Wilson 95 % CI", "Δ points vs base", "won/lost vs base (paired)"]
+    return (f"\n\nCheck on {CHECK_EPISODES} more unseen seeds ({seed}..{seed + CHECK_EPISODES - 1}):\n\n"
+            + markdown_table(header, [_row(n, w, None if n == "base" else more["base"]) for n, w in more.items()])
+            + f"\n\nPooled ({episodes + CHECK_EPISODES} seeds):\n\n"
+            + markdown_table(header, [_row(n, w, None if n == "base" else pooled["base"]) for n, w in pooled.items()]))
 
 
 def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int, jobs: int = 4, run: bool = True) -> str:
@@ -294,12 +315,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=60, help="latency: timed re-plans per row")
     ap.add_argument("--jobs", type=int, default=4, help="sim: rlstack commands run at once")
     ap.add_argument("--no-run", action="store_true", help="sim: only tabulate what is already evaluated")
+    ap.add_argument("--check-episodes", type=int, default=0,
+                    help="sim: re-run base, the control and Cal-QL K=10 on this many more seeds, and pool them")
     ap.add_argument("--critic-steps", type=int, default=4000, help="sim: train-critic steps")
     ap.add_argument("--out", default=str(ROOT / "runs" / "steering"), help="where runs are cached (default runs/steering)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave benchmarks/README.md alone")
     args = ap.parse_args()
-    global RUNS
+    global RUNS, CHECK_EPISODES
     RUNS = Path(args.out).resolve()
+    CHECK_EPISODES = args.check_episodes
     RUNS.mkdir(parents=True, exist_ok=True)
     CRITIC_ARGS[CRITIC_ARGS.index("steps=4000")] = f"steps={args.critic_steps}"
     write = (lambda name, title, body, command: print(body)) if args.no_write else write_section
@@ -322,7 +346,9 @@ def main() -> None:
               f"Value-guided steering (V-GPS): {args.task}, {', '.join(args.bases)} base" + "s" * (len(args.bases) > 1),
                       sim(args.task, bases, args.sim_episodes, args.base_episodes, args.jobs, not args.no_run) + "\n\n" + load_note(load0),
                       f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
-                      f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}")
+                      f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}"
+                      + (f" --check-episodes {args.check_episodes}" if args.check_episodes else "")
+                      + (f" --critic-steps {args.critic_steps}" if args.critic_steps != 4000 else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Shared base checkpoints for parity (issue 11), residual RL (13), steering (14). Resumable: re-run continues.
 # lift/push: 50 scripted demos at 32 px (seeds 0..49); BC 3000 steps b64; diffusion 4000 steps b32 (lift: continued
-# to 10000 as diffusion10k); BC-GMM 3000 b64. ~1 h of CPU on 2 idle cores.
+# to 10000 as diffusion10k, then distilled into the one-step student onestep10k); BC-GMM 3000 b64. ~1.5 h of CPU
+# on 2 idle cores.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
@@ -22,4 +23,10 @@ if ! grep -q "^10000$" $R/lift/diffusion10k/.steps 2>/dev/null; then
   nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion task=lift task.image_size=32 \
     data.store=$R/lift/demos.zarr train.steps=10000 train.batch_size=32 out_dir=$R/lift/diffusion10k \
     && echo 10000 > $R/lift/diffusion10k/.steps
+fi
+# the one-step student (second steering base): distilled for 1500 steps from the diffusion10k teacher's DDIM-10 sampler
+if ! grep -q "^1500$" $R/lift/onestep10k/.steps 2>/dev/null; then
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion_onestep \
+    policy.params.teacher=$R/lift/diffusion10k/policy.pt task=lift task.image_size=32 data.store=$R/lift/demos.zarr \
+    train.steps=1500 train.batch_size=64 out_dir=$R/lift/onestep10k && echo 1500 > $R/lift/onestep10k/.steps
 fi
