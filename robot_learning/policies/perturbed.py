@@ -1,4 +1,4 @@
-"""``perturbed``: a base policy with a constant offset and seeded Gaussian noise on every executed action.
+"""``perturbed``: a base policy with a scale, a constant offset and seeded Gaussian noise on every executed action.
 
 The smallest useful wrapper, and the reference for writing one (policies/composite.py): a composite
 checkpoint (its offset + the embedded base), a per-step hook, its own noise stream. Uses:
@@ -6,7 +6,9 @@ checkpoint (its offset + the embedded base), a per-step hook, its own noise stre
 - a deliberately biased base (a constant offset that a residual actor must learn to cancel,
   the toy setting of the residual-RL tests);
 - exploration or mixed-quality data: the base plus Gaussian noise, in robot action units;
-- fault injection in evaluation (how much does success drop under an action bias?).
+- fault injection in evaluation (how much does success drop under an action bias or attenuation?);
+- ``scale=0``: the base's actions dropped, only its interface and encoder kept (the RL-from-scratch
+  baseline of ``rlstack finetune from_scratch=true``).
 
 The hook is cheap (an add and a clip), so under deploy ``isolation=process`` the policy sends a copy
 of itself without its base (``step_hook``) to the control process, where it runs per action.
@@ -31,13 +33,14 @@ class PerturbedConfig:
     """Noise and bounds of the perturbation (the offset itself is the wrapper's stored tensor)."""
 
     noise_std: float = 0.0  # Gaussian noise per action dimension, robot units
+    scale: float = 1.0  # the planned action is multiplied by this first (0: the base's actions are dropped)
     low: float = -1.0  # executed actions are clipped to [low, high]
     high: float = 1.0
     noise_seed: int = 0  # mixed into the episode seed so that two wrappers of one base differ
 
 
 def _perturb(planned: np.ndarray, offset: np.ndarray, config: PerturbedConfig, rng: np.random.Generator) -> np.ndarray:
-    action = np.asarray(planned, dtype=np.float64) + offset
+    action = config.scale * np.asarray(planned, dtype=np.float64) + offset
     if config.noise_std > 0:
         action = action + config.noise_std * rng.standard_normal(action.shape)
     return np.clip(action, config.low, config.high)
@@ -45,15 +48,15 @@ def _perturb(planned: np.ndarray, offset: np.ndarray, config: PerturbedConfig, r
 
 @register_policy("perturbed")
 class PerturbedPolicy(WrapperPolicy):
-    """``action = clip(planned + offset + noise_std * N(0, 1), low, high)`` at every executed step."""
+    """``action = clip(scale * planned + offset + noise_std * N(0, 1), low, high)`` at every executed step."""
 
     config_cls = PerturbedConfig
 
     def __init__(self, base: Policy, config: PerturbedConfig | None = None, device: str | torch.device = "cpu",
                  offset: np.ndarray | list[float] | None = None) -> None:
         super().__init__(base, config or PerturbedConfig(), device)
-        if self.config.noise_std < 0 or not self.config.low < self.config.high:
-            raise ValueError(f"perturbed: noise_std must be >= 0 and low < high, got {self.config}")
+        if self.config.noise_std < 0 or not self.config.low < self.config.high or not np.isfinite(self.config.scale):
+            raise ValueError(f"perturbed: noise_std must be >= 0, low < high and scale finite, got {self.config}")
         self.offset = np.zeros(self.spec.action_dim) if offset is None else np.asarray(offset, dtype=np.float64)
         if self.offset.shape != (self.spec.action_dim,):
             raise ValueError(f"perturbed: offset has shape {self.offset.shape}, the base acts in "
@@ -86,7 +89,7 @@ class PerturbedPolicy(WrapperPolicy):
 
     def step_action(self, obs_history: dict[str, np.ndarray], planned_action: np.ndarray,
                     step_in_chunk: int) -> np.ndarray:
-        """Planned action + offset + noise, clipped."""
+        """Scaled planned action + offset + noise, clipped."""
         return _perturb(planned_action, self.offset, self.config, self.rng)
 
     def step_hook(self) -> PerturbedHook:

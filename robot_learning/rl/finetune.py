@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from robot_learning.config import to_dataclass
+from robot_learning.policies.perturbed import PerturbedConfig, PerturbedPolicy
 from robot_learning.rl.actors import UTDSchedule
 from robot_learning.rl.config import RLParts, validate_parts
 from robot_learning.rl.features import feature_key
@@ -70,6 +71,7 @@ class FinetuneConfig:
     warmup_episodes: int = 10
     warmup_noise_std: float = 0.1
     residual_penalty: float = 0.0  # > 0: pull the residual towards 0 (actor loss -Q/mean|Q| + w * (res/scale)^2)
+    from_scratch: bool = False  # the RL-from-scratch baseline: the base's actions dropped (see load_config)
     eval_every: int = 2000
     eval_episodes: int = 50
     eval_seed: int = 100_000_000
@@ -102,6 +104,10 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
         raise ValueError(f"robot={fc.robot}: only robot=sim is supported by rlstack finetune for now")
     if fc.env_steps < 1 or fc.eval_every < 1 or fc.eval_episodes < 1 or fc.warmup_episodes < 0:
         raise ValueError(f"{method}: need env_steps, eval_every, eval_episodes >= 1 and warmup_episodes >= 0")
+    if fc.from_scratch and (fc.residual.action_scale < 1.0 or fc.residual_penalty > 0):
+        raise ValueError(f"{method}: from_scratch=true makes the actor the whole policy (its base acts 0): it needs "
+                         f"residual.action_scale >= 1 to reach the action range and residual_penalty=0, got "
+                         f"action_scale={fc.residual.action_scale}, residual_penalty={fc.residual_penalty}")
     return fc, parts
 
 
@@ -190,6 +196,8 @@ class Finetuner:
         self.out = Path(cfg.out_dir)
         (self.out / "checkpoints").mkdir(parents=True, exist_ok=True)
         self.base = base if base is not None else load_policy(cfg.base, device=cfg.device, seed=cfg.seed)
+        if cfg.from_scratch:  # RLPD-style baseline on the same machinery: only the base's interface and encoder stay
+            self.base = PerturbedPolicy(self.base, PerturbedConfig(scale=0.0), device=cfg.device)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
         self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty))
         self.env = env if env is not None else make_env(cfg, self.base.spec)

@@ -184,3 +184,28 @@ def test_residual_on_a_wrapper_base_runs_the_base_hook_first() -> None:
     shifted, target = relabel_residuals(biased, ep)
     assert np.allclose(shifted, np.clip(plain + offset, -1, 1), atol=1e-6)
     assert np.allclose(target, -shifted, atol=1e-6)
+
+
+def test_from_scratch_drops_the_base_actions_and_relabels_demos_as_targets(tmp_path) -> None:
+    """from_scratch=true: the base acts 0 (perturbed scale=0), the zero-init actor starts at 0, the demo is the target;
+    a residual-sized bound or the pull towards the base is refused for it."""
+    from robot_learning.policies.perturbed import PerturbedConfig, PerturbedPolicy
+    from robot_learning.rl.finetune import load_config
+
+    dropped = PerturbedPolicy(LinearBase(), PerturbedConfig(scale=0.0))
+    policy = ResidualPolicy(dropped, ResidualConfig(action_scale=1.0))
+    rng = np.random.default_rng(3)
+    planned = np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)
+    assert np.allclose(policy.step_action(history(rng), planned, 0), 0.0)
+    demo = rng.uniform(-0.9, 0.9, (4, 4)).astype(np.float32)
+    ep = {"ee_pose": rng.standard_normal((4, 7)).astype(np.float32), "gripper": np.zeros((4, 1), np.float32),
+          "action": demo}
+    base_actions, target = relabel_residuals(dropped, ep)
+    assert np.allclose(base_actions, 0.0) and np.allclose(target, demo, atol=1e-6)
+    common = ["base=unused", f"out_dir={tmp_path}", "from_scratch=true"]
+    cfg, _ = load_config([*common, "residual.action_scale=1.0", "residual_penalty=0"])
+    assert cfg.from_scratch
+    with pytest.raises(ValueError, match="from_scratch=true.*action_scale >= 1"):
+        load_config([*common, "residual.action_scale=0.1", "residual_penalty=0"])
+    with pytest.raises(ValueError, match="residual_penalty=0"):
+        load_config([*common, "residual.action_scale=1.0"])
