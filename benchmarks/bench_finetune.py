@@ -77,6 +77,12 @@ def final_rows(root: Path) -> list[list[str]]:
     return rows
 
 
+def final_commands(root: Path) -> str:
+    """Every ``*/eval100.sh`` under ``root`` verbatim (runs/ is not in git: the section must say how to redo each row)."""
+    scripts = sorted(root.glob("*/eval100.sh"))
+    return "".join(f"\n\n`{p}`:\n\n```\n{p.read_text().strip()}\n```" for p in scripts)
+
+
 def write_final(root: Path) -> None:
     """The final-evaluation table alone (baselines measured without a learning curve), section finetune_final."""
     final = final_rows(root)
@@ -86,7 +92,7 @@ def write_final(root: Path) -> None:
     body = ("`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on; each folder's eval100.sh "
             "holds the commands that made its checkpoint and evaluated it.\n\n"
             + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final)
-            + "\n\n" + load_note(load0))
+            + final_commands(root) + "\n\n" + load_note(load0))
     write_section("finetune_final", "Residual RL fine-tuning: baselines, final evaluation", body,
                   f"python benchmarks/bench_finetune.py --runs {root} --only-final")
 
@@ -136,7 +142,8 @@ def main() -> None:
     final = final_rows(Path(args.runs))
     if final:
         body += ("\n\nFinal evaluation (`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on):\n\n"
-                 + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final))
+                 + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final)
+                 + final_commands(Path(args.runs)))
     body += ("\n\nLearning-curve evaluation: 50 fixed unseen seeds (`eval_seed` ..), no exploration; the first row "
              "of each run's eval.csv (env steps 0) is the base itself (zero-initialised residual). `train env steps` "
              "counts training episodes only (evaluation episodes are extra); `train wall min` is the training loop's "
