@@ -83,20 +83,6 @@ def final_commands(root: Path) -> str:
     return "".join(f"\n\n`{p}`:\n\n```\n{p.read_text().strip()}\n```" for p in scripts)
 
 
-def write_final(root: Path) -> None:
-    """The final-evaluation table alone (baselines measured without a learning curve), section finetune_final."""
-    final = final_rows(root)
-    if not final:
-        raise SystemExit(f"bench_finetune: no */eval100/report.json under {root}")
-    load0 = __import__("os").getloadavg()[0]
-    body = ("`rlstack eval`, 100 episodes on seeds no run trained or was evaluated on; each folder's eval100.sh "
-            "holds the commands that made its checkpoint and evaluated it.\n\n"
-            + markdown_table(["run", "checkpoint", "successes", "rate [Wilson 95 %]", "seeds", "command"], final)
-            + final_commands(root) + "\n\n" + load_note(load0))
-    write_section("finetune_final", "Residual RL fine-tuning: baselines, final evaluation", body,
-                  f"python benchmarks/bench_finetune.py --runs {root} --only-final")
-
-
 def main() -> None:
     """Tabulate every run folder with an eval.csv."""
     import torch
@@ -108,12 +94,7 @@ def main() -> None:
     parser.add_argument("--section", default="finetune",
                         help="README section to write (runs of another day into their own section keep the others)")
     parser.add_argument("--title", default="", help="added to the section title")
-    parser.add_argument("--only-final", action="store_true",
-                        help="write only the final-evaluation table (baselines), into its own section")
     args = parser.parse_args()
-    if args.only_final:
-        write_final(Path(args.runs))
-        return
     rows, notes = [], []
     for run in sorted(p.parent for p in Path(args.runs).glob("*/eval.csv")):
         evals = list(csv.DictReader(open(run / "eval.csv")))

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from robot_learning.stats import format_rate
 from sim.config import TaskConfig
+
+
+def record_episode(robot: Any, writer: Any, obs: Any, act: Callable[[Any], np.ndarray],
+                   max_steps: int) -> tuple[bool, int]:
+    """Run ``act(obs) -> action`` on the sim robot from ``obs`` until success or ``max_steps``, appending every
+    step to ``writer`` in the store's step schema; returns (success, steps). Shared by the scripted demos and
+    a policy's rollouts (``rlstack collect-mixed``), so both kinds of episode fit one store."""
+    from robot_learning.data.layout import schema_step
+
+    success, steps = False, 0
+    while not success and steps < max_steps:
+        action = np.asarray(act(obs), np.float32)
+        tick = float(robot.clock())
+        robot.act(action)
+        steps += 1
+        success = robot.success()
+        done = success or steps >= max_steps  # a time-out is a truncation (done, not terminal)
+        writer.append({**obs.data, "action": action,
+                       **schema_step(reward=float(success), done=done, terminal=success, control_source="policy")},
+                      {**obs.stamps, "step": tick})
+        obs = robot.observe()
+    return success, steps
 
 
 @dataclass
@@ -48,7 +72,7 @@ def generate_demos(
     Every step stores the observation (with the capture stamp of each stream), the action taken, the
     sparse reward and the done flag; episode metadata records the seed, quality and randomization.
     """
-    from robot_learning.data.store import EpisodeMeta, EpisodeStore, schema_step
+    from robot_learning.data.store import EpisodeMeta, EpisodeStore
     from sim import make_expert, make_robot
 
     if episodes <= 0:
@@ -69,22 +93,8 @@ def generate_demos(
                       "action_mode": cfg.action_mode, "action_names": list(robot.spec.action_names)},
             )
             writer = store.begin_episode(meta)
-            success = False
-            steps = 0
             try:
-                while not success and steps < cfg.max_steps:
-                    action = expert.act(robot).astype(np.float32)
-                    tick = float(robot.clock())
-                    robot.act(action)
-                    steps += 1
-                    success = robot.success()
-                    done = success or steps >= cfg.max_steps  # a time-out is a truncation (done, not terminal)
-                    writer.append(
-                        {**obs.data, "action": action,
-                         **schema_step(reward=float(success), done=done, terminal=success, control_source="policy")},
-                        {**obs.stamps, "step": tick},
-                    )
-                    obs = robot.observe()
+                success, steps = record_episode(robot, writer, obs, lambda _obs: expert.act(robot), cfg.max_steps)
                 if only_success and not success:
                     writer.discard()
                 else:

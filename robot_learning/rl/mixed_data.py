@@ -84,11 +84,11 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
     """Roll the base out in sim and commit every episode (source=policy)."""
     from tqdm import tqdm
 
-    from robot_learning.data.layout import schema_step
     from robot_learning.data.store import EpisodeMeta, EpisodeStore
     from robot_learning.eval.policy_agent import PolicyAgent
     from robot_learning.policies.checkpoint import load_policy
     from sim import make_robot
+    from sim.demos import record_episode
 
     policy = load_policy(base, seed=seed)
     agent = PolicyAgent(SampledBase(policy) if base_mode == "sample" else policy)
@@ -103,19 +103,7 @@ def _base_rollouts(out: str, cfg: Any, base: str, episodes: int, seed: int, prog
                                rates={k: cfg.control_hz for k in robot.spec.observations},
                                tags={"seed": s, "control_hz": cfg.control_hz, "action_mode": cfg.action_mode})
             with store.begin_episode(meta) as writer:
-                ok, steps = False, 0
-                while not ok and steps < cfg.max_steps:
-                    action = np.asarray(agent.act(obs.data), np.float32)
-                    tick = float(robot.clock())
-                    robot.act(action)
-                    steps += 1
-                    ok = robot.success()
-                    done = ok or steps >= cfg.max_steps  # a time-out is a truncation (done, not terminal)
-                    # the demos' step schema, so base rollouts can also be appended to a demo store
-                    writer.append({**obs.data, "action": action,
-                                   **schema_step(reward=float(ok), done=done, terminal=ok, control_source="policy")},
-                                  {**obs.stamps, "step": tick})
-                    obs = robot.observe()
+                ok, _ = record_episode(robot, writer, obs, lambda o: agent.act(o.data), cfg.max_steps)
                 writer.commit(success=ok)
             wins += ok
     finally:
