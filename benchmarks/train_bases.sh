@@ -2,20 +2,24 @@
 # Shared base checkpoints for parity (issue 11), residual RL (13), steering (14). Resumable: re-run continues.
 # lift/push: 50 scripted demos at 32 px (seeds 0..49); BC 3000 steps b64; diffusion 4000 steps b32 (lift: continued
 # to 10000 as diffusion10k, then distilled into the one-step student onestep10k); BC-GMM 3000 b64. ~1.5 h of CPU
-# on 2 idle cores.
+# on 2 idle cores. stack (two stages): 200 demos (50 gave a BC base at 2 %); BC 3000 b64; diffusion 10000 b32.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
-for task in lift push; do
-  [ -f $R/$task/demos.zarr/.done ] || { rm -rf $R/$task/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos --task $task --episodes 50 --quality 1.0 --out $R/$task/demos.zarr image_size=32 && touch $R/$task/demos.zarr/.done; }
+for task in lift push stack; do
+  n=50; [ $task = stack ] && n=200
+  [ -f $R/$task/demos.zarr/.done ] || { rm -rf $R/$task/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos --task $task --episodes $n --quality 1.0 --out $R/$task/demos.zarr image_size=32 && touch $R/$task/demos.zarr/.done; }
 done
-train() { # task policy steps batch
-  [ -f $R/$1/$2/policy.pt ] && grep -q "^$3$" $R/$1/$2/.steps 2>/dev/null && return
+train() { # task policy steps batch [out folder name, default the policy's]
+  local d=$R/$1/${5:-$2}
+  [ -f $d/policy.pt ] && grep -q "^$3$" $d/.steps 2>/dev/null && return
   nice -n 5 .venv/bin/python -m robot_learning.cli train policy=$2 task=$1 task.image_size=32 data.store=$R/$1/demos.zarr \
-    train.steps=$3 train.batch_size=$4 out_dir=$R/$1/$2 && echo $3 > $R/$1/$2/.steps
+    train.steps=$3 train.batch_size=$4 out_dir=$d && echo $3 > $d/.steps
 }
 ( train lift bc 3000 64; train push bc 3000 64; train lift bc_gmm 3000 64; train push diffusion 4000 32 ) > $R/train_a.log 2>&1 &
 ( train lift diffusion 4000 32 ) > $R/train_b.log 2>&1 &
+( train stack bc 3000 64 ) > $R/train_c.log 2>&1 &
+( train stack diffusion 10000 32 diffusion10k ) > $R/train_d.log 2>&1 &
 wait
 # the lift diffusion base for parity: the 4000-step run above continued to 10000 steps (same demos, resumed)
 if ! grep -q "^10000$" $R/lift/diffusion10k/.steps 2>/dev/null; then
