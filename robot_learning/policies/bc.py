@@ -25,6 +25,10 @@ class BCConfig:
     hidden_dims: list[int] = field(default_factory=lambda: [256, 256])
     head: str = "mlp"  # "mlp" (deterministic, MSE) or "gmm" (mixture of diagonal Gaussians, NLL)
     n_modes: int = 5  # mixture components for head="gmm"
+    # "per_mode": each mode predicts its own stds (can collapse into a scale mixture whose weights ignore the
+    # observation); "shared": one std per chunk dimension (predicted from the observation) for every mode, so
+    # modes can only differ in their means and the weights must say which mean fits this observation.
+    std: str = "per_mode"
     min_std: float = 1e-3
     dropout: float = 0.0
 
@@ -41,9 +45,12 @@ class BCModel(PolicyModel):
             raise ValueError(f"policy.params.head: unknown '{config.head}' (choose mlp or gmm)")
         if config.n_modes < 1:
             raise ValueError("policy.params.n_modes must be >= 1")
+        if config.std not in ("per_mode", "shared"):
+            raise ValueError(f"policy.params.std: unknown '{config.std}' (choose per_mode or shared)")
         self.chunk_dim = spec.horizon * spec.action_dim
         modes = 1 if config.head == "mlp" else config.n_modes
-        out_dim = self.chunk_dim if config.head == "mlp" else modes * (1 + 2 * self.chunk_dim)
+        std_dims = modes * self.chunk_dim if config.std == "per_mode" else self.chunk_dim
+        out_dim = self.chunk_dim if config.head == "mlp" else modes * (1 + self.chunk_dim) + std_dims
         layers: list[nn.Module] = []
         d = self.encoder.out_dim
         for h in config.hidden_dims:
@@ -58,7 +65,9 @@ class BCModel(PolicyModel):
         b, m, d = out.shape[0], self.modes, self.chunk_dim
         logits = out[:, :m]
         mean = out[:, m : m + m * d].reshape(b, m, d)
-        std = F.softplus(out[:, m + m * d :].reshape(b, m, d)) + self.config.min_std
+        raw = out[:, m + m * d :]
+        raw = raw[:, None].expand(b, m, d) if self.config.std == "shared" else raw.reshape(b, m, d)
+        std = F.softplus(raw) + self.config.min_std
         return logits, mean, std
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:

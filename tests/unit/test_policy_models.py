@@ -20,6 +20,7 @@ PARAMS = {
     "diffusion": {"encoder": TINY_ENC, "down_dims": [16, 32], "step_embed_dim": 16, "num_inference_steps": 4},
     "bc": {"encoder": TINY_ENC, "hidden_dims": [32]},
     "bc_gmm": {"encoder": TINY_ENC, "hidden_dims": [32], "head": "gmm", "n_modes": 3},
+    "bc_gmm_shared": {"encoder": TINY_ENC, "hidden_dims": [32], "head": "gmm", "n_modes": 3, "std": "shared"},
 }
 
 
@@ -43,7 +44,7 @@ def _obs_history() -> dict[str, np.ndarray]:
             "joint_pos": rng.uniform(-1, 1, (2, 4)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("name", ["diffusion", "bc", "bc_gmm"])
+@pytest.mark.parametrize("name", ["diffusion", "bc", "bc_gmm", "bc_gmm_shared"])
 def test_loss_backward_and_sampling_shapes(name: str) -> None:
     model = _model(name)
     loss = model(_batch())
@@ -76,6 +77,26 @@ def test_diffusion_samplers(sampler: str, steps: int) -> None:
         policy.configure_inference(sampler="euler")
 
 
+def test_shared_std_gmm_fits_two_modes_not_their_average() -> None:
+    """Same observation, two demonstrated chunks (+a / -a): samples land on the modes, not on 0."""
+    model = _model("bc_gmm_shared").eval()
+    batch = _batch(8)
+    batch["obs"] = {k: v[:1].expand_as(v).clone() for k, v in batch["obs"].items()}
+    sign = torch.tensor([1.0, -1.0] * 4)[:, None, None]
+    batch["action"] = sign * torch.tensor([0.15, -0.1, 0.8]).expand(8, 9, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        model(batch).backward()
+        opt.step()
+    obs = {k: v[:1] for k, v in batch["obs"].items()}
+    with torch.no_grad():
+        chunks = model.sample_actions(obs, k=64, generator=torch.Generator().manual_seed(0))[0, :, :, 2]
+    first = chunks.mean(-1)  # z of each candidate, averaged over the chunk
+    assert (first.abs() > 0.4).all(), first  # every candidate near one of the modes (+-0.8), none at 0
+    assert 0.2 < (first > 0).float().mean() < 0.8  # both modes sampled
+
+
 def test_bc_learns_a_fixed_batch() -> None:
     model = _model("bc").eval()  # centre crop: a fixed input to memorise
     batch = _batch(8)
@@ -89,7 +110,7 @@ def test_bc_learns_a_fixed_batch() -> None:
     assert loss.item() < 0.1 * first
 
 
-@pytest.mark.parametrize("name", ["diffusion", "bc_gmm"])
+@pytest.mark.parametrize("name", ["diffusion", "bc_gmm", "bc_gmm_shared"])
 def test_checkpoint_round_trip(tmp_path, name: str) -> None:
     model = _model(name)
     policy = ModelPolicy(model, seed=7)
