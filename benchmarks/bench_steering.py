@@ -310,6 +310,8 @@ def main() -> None:
     ap.add_argument("--task", default="lift", help="sim part: the task")
     ap.add_argument("--bases", nargs="*", default=["bc_gmm", "diffusion"],
                     help="sim/latency: base kinds under runs/bases/<task>/<kind>/policy.pt")
+    ap.add_argument("--bases-dir", default=None,
+                    help="sim: folder holding <kind>/policy.pt (default runs/bases/<task>; e.g. runs/bases/push200)")
     ap.add_argument("--sim-episodes", type=int, default=100)
     ap.add_argument("--base-episodes", type=int, default=150, help="base rollouts in the critic's data")
     ap.add_argument("--rounds", type=int, default=60, help="latency: timed re-plans per row")
@@ -340,13 +342,15 @@ def main() -> None:
                       latency(bases, args.rounds) + "\n\n" + load_note(load0),
                       f"{cmd} --parts latency --bases {' '.join(args.bases)} --rounds {args.rounds}")
     if "sim" in args.parts:
-        bases = {b: ROOT / "runs" / "bases" / args.task / b / "policy.pt" for b in args.bases}
+        bases_dir = Path(args.bases_dir) if args.bases_dir else ROOT / "runs" / "bases" / args.task
+        bases = {b: bases_dir.resolve() / b / "policy.pt" for b in args.bases}
         # one section per task and base set, so a base measured on another day does not replace the others
         write(f"steering_sim_{args.task}_{'_'.join(args.bases)}",
               f"Value-guided steering (V-GPS): {args.task}, {', '.join(args.bases)} base" + "s" * (len(args.bases) > 1),
                       sim(args.task, bases, args.sim_episodes, args.base_episodes, args.jobs, not args.no_run) + "\n\n" + load_note(load0),
                       f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
-                      f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}"
+                      + (f"--bases-dir {args.bases_dir} " if args.bases_dir else "")
+                      + f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}"
                       + (f" --check-episodes {args.check_episodes}" if args.check_episodes else "")
                       + (f" --critic-steps {args.critic_steps}" if args.critic_steps != 4000 else ""))
 

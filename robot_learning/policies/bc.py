@@ -29,6 +29,11 @@ class BCConfig:
     # observation); "shared": one std per chunk dimension (predicted from the observation) for every mode, so
     # modes can only differ in their means and the weights must say which mean fits this observation.
     std: str = "per_mode"
+    # "nll": means trained by the mixture likelihood, where dimensions with tiny stds dominate the gradient (the
+    # lift gripper/z means stayed off by ~0.3); "mse": each mode's mean by a squared error weighted by its
+    # (detached) responsibility for the demo chunk -- an EM-style M-step, as in beta-NLL with beta = 1 -- while
+    # weights and stds keep the likelihood with the means held fixed.
+    mean_loss: str = "nll"
     min_std: float = 1e-3
     dropout: float = 0.0
 
@@ -45,6 +50,8 @@ class BCModel(PolicyModel):
             raise ValueError(f"policy.params.head: unknown '{config.head}' (choose mlp or gmm)")
         if config.n_modes < 1:
             raise ValueError("policy.params.n_modes must be >= 1")
+        if config.mean_loss not in ("nll", "mse"):
+            raise ValueError(f"policy.params.mean_loss: unknown '{config.mean_loss}' (choose nll or mse)")
         if config.std not in ("per_mode", "shared"):
             raise ValueError(f"policy.params.std: unknown '{config.std}' (choose per_mode or shared)")
         self.chunk_dim = spec.horizon * spec.action_dim
@@ -78,10 +85,14 @@ class BCModel(PolicyModel):
         if self.config.head == "mlp":
             return F.mse_loss(self.mlp(cond), target)
         logits, mean, std = self._mixture(cond)
-        z = (target[:, None] - mean) / std
-        comp_logp = (-0.5 * z.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        logp = torch.logsumexp(F.log_softmax(logits, dim=-1) + comp_logp, dim=-1)
-        return -logp.mean() / self.chunk_dim
+        if self.config.mean_loss == "nll":
+            return -_mixture_logp(logits, mean, std, target).mean() / self.chunk_dim
+        log_w = F.log_softmax(logits, dim=-1)
+        comp = _component_logp(mean.detach(), std, target)
+        nll = -torch.logsumexp(log_w + comp, dim=-1).mean()
+        resp = torch.softmax(log_w + comp, dim=-1).detach()  # (B, modes): who explains this demo chunk
+        mse = (resp * (mean - target[:, None]).pow(2).sum(-1)).sum(-1).mean()
+        return (nll + mse) / self.chunk_dim
 
     def sample_actions(
         self, obs: dict[str, torch.Tensor], k: int = 1, generator: torch.Generator | None = None,
@@ -104,3 +115,14 @@ class BCModel(PolicyModel):
             chunk = mu if deterministic else mu + sd * noise
         chunk = chunk.reshape(b, k, self.spec.horizon, self.spec.action_dim).clamp(-1.0, 1.0)
         return self.normalizer.unnormalize(ACTION_STATS_KEY, chunk)
+
+
+def _component_logp(mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log N(target | mean_m, diag std_m^2) per mode: ``(B, modes)``."""
+    z = (target[:, None] - mean) / std
+    return (-0.5 * z.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def _mixture_logp(logits: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """log of the mixture density at ``target``: ``(B,)``."""
+    return torch.logsumexp(F.log_softmax(logits, dim=-1) + _component_logp(mean, std, target), dim=-1)

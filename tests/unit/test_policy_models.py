@@ -20,7 +20,8 @@ PARAMS = {
     "diffusion": {"encoder": TINY_ENC, "down_dims": [16, 32], "step_embed_dim": 16, "num_inference_steps": 4},
     "bc": {"encoder": TINY_ENC, "hidden_dims": [32]},
     "bc_gmm": {"encoder": TINY_ENC, "hidden_dims": [32], "head": "gmm", "n_modes": 3},
-    "bc_gmm_shared": {"encoder": TINY_ENC, "hidden_dims": [32], "head": "gmm", "n_modes": 3, "std": "shared"},
+    "bc_gmm_shared": {"encoder": TINY_ENC, "hidden_dims": [32], "head": "gmm", "n_modes": 3, "std": "shared",
+                      "mean_loss": "mse"},
 }
 
 
