@@ -181,6 +181,18 @@ def _rlstack(args: list[str], log: Path, done: Path, fresh: Path | None = None, 
         raise RuntimeError(f"rlstack {args[0]} failed (exit {code}); see {log}")
 
 
+def _finished(ckpt: Path) -> bool:
+    """True when ``ckpt`` exists and its training ran all its steps: ``policy.pt`` is rewritten at every
+    checkpoint, so a run still in progress must not be picked up as the base."""
+    if not ckpt.exists():
+        return False
+    import torch
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    steps = (saved.get("config") or {}).get("train", {}).get("steps")
+    return steps is None or int(saved.get("step", 0)) >= int(steps)
+
+
 def _rel(p: Path) -> str:
     return str(p.relative_to(ROOT))
 
@@ -287,12 +299,12 @@ def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int, jo
         (experts / ".done").touch()
     parts = []
     with ThreadPoolExecutor(jobs) as pool, ThreadPoolExecutor(len(bases) or 1) as outer:
-        found = {n: b for n, b in bases.items() if b.exists()}
+        found = {n: b for n, b in bases.items() if _finished(b)}
         tables = {n: outer.submit(_base_rows, task, n, b, episodes, base_episodes, experts, pool, run)
                   for n, b in found.items()}
         for name, base in bases.items():
             parts.append(tables[name].result() if name in tables
-                         else f"**{name}**: base checkpoint {_rel(base)} not found (not trained yet).")
+                         else f"**{name}**: base checkpoint {_rel(base)} not found or still training.")
     return "\n\n".join(parts) + (
         f"\n\nEval: `rlstack eval` on seeds 100000..{100000 + episodes - 1} (unseen: experts 200000.., base rollouts "
         "300000..), the same seeds for every row. 'base' is the checkpoint as `rlstack eval` runs it (a BC mixture: "
