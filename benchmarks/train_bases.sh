@@ -2,23 +2,25 @@
 # Shared base checkpoints for parity (issue 11), residual RL (13), steering (14). Resumable: re-run continues.
 # lift/push: 50 scripted demos at 32 px (seeds 0..49); BC 3000 steps b64; diffusion 4000 steps b32 (lift: continued
 # to 10000 as diffusion10k, then distilled into the one-step student onestep10k); BC-GMM 3000 b64.
-# stack (two stages): 200 demos (50 gave a BC base at 2 %); BC 3000 b64; diffusion10k trained 10000 b32 directly. About 2.5 h of CPU on 2 idle cores.
+# stack (two stages): 200 demos (50 gave a BC base at 2 %); BC 3000 b64; diffusion10k trained 10000 b32 directly.
+# push200 (the second steering task; 50 push demos gave bases at 4-20 %): 200 demos, diffusion10k 10000 b32, BC-GMM
+# 3000 b64. About 3 h of CPU on 2 idle cores.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
-for task in lift push stack; do
-  n=50; [ $task = stack ] && n=200
-  [ -f $R/$task/demos.zarr/.done ] || { rm -rf $R/$task/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos --task $task --episodes $n --quality 1.0 --out $R/$task/demos.zarr image_size=32 && touch $R/$task/demos.zarr/.done; }
+for folder in lift push stack push200; do
+  task=${folder%200}; n=50; [ $task = stack ] || [ $folder = push200 ] && n=200
+  [ -f $R/$folder/demos.zarr/.done ] || { rm -rf $R/$folder/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos --task $task --episodes $n --quality 1.0 --out $R/$folder/demos.zarr image_size=32 && touch $R/$folder/demos.zarr/.done; }
 done
-train() { # task policy steps batch [out folder name, default the policy's]
+train() { # folder (task name, or push200) policy steps batch [out folder name, default the policy's]
   local d=$R/$1/${5:-$2}
   [ -f $d/policy.pt ] && grep -q "^$3$" $d/.steps 2>/dev/null && return
-  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=$2 task=$1 task.image_size=32 data.store=$R/$1/demos.zarr \
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=$2 task=${1%200} task.image_size=32 data.store=$R/$1/demos.zarr \
     train.steps=$3 train.batch_size=$4 out_dir=$d && echo $3 > $d/.steps
 }
 # two lanes, one per core
-( train lift bc 3000 64; train push bc 3000 64; train lift bc_gmm 3000 64; train push diffusion 4000 32; train stack bc 3000 64 ) > $R/train_a.log 2>&1 &
-( train lift diffusion 4000 32; train stack diffusion 10000 32 diffusion10k ) > $R/train_b.log 2>&1 &
+( train lift bc 3000 64; train push bc 3000 64; train lift bc_gmm 3000 64; train push diffusion 4000 32; train stack bc 3000 64; train push200 bc_gmm 3000 64 ) > $R/train_a.log 2>&1 &
+( train lift diffusion 4000 32; train stack diffusion 10000 32 diffusion10k; train push200 diffusion 10000 32 diffusion10k ) > $R/train_b.log 2>&1 &
 wait
 # the lift diffusion base for parity: the 4000-step run above continued to 10000 steps (same demos, resumed)
 if ! grep -q "^10000$" $R/lift/diffusion10k/.steps 2>/dev/null; then

@@ -239,3 +239,10 @@ def test_dpmsolver_clips_its_x0_like_diffusers_thresholding_capped_at_one() -> N
     torch.testing.assert_close(ours._threshold_sample(x0), ref._threshold_sample(x0))
     model = build_model("diffusion", {"sampler": "dpmsolver++"}, SPEC, STATS)
     assert isinstance(model.inference_scheduler, ClippedDPMSolver) and model.inference_scheduler.config.thresholding
+
+
+@pytest.mark.parametrize("field,value", [("head", "flow"), ("std", "tied"), ("mean_loss", "l1"), ("n_modes", 0)])
+def test_bc_rejects_bad_head_settings(field: str, value: object) -> None:
+    params = {**PARAMS["bc_gmm_shared"], field: value}
+    with pytest.raises(ValueError, match=f"policy.params.{field}"):
+        build_model("bc", params, SPEC, STATS)
