@@ -350,7 +350,9 @@ def main() -> None:
                       toy(args.episodes) + "\n\n" + load_note(load0), f"{cmd} --episodes {args.episodes} --parts toy")
     if "latency" in args.parts:
         bases = {b: ROOT / "runs" / "bases" / "lift" / b / "policy.pt" for b in args.bases}
-        write("steering_latency", "Value-guided steering (V-GPS): latency per chunk, real lift bases",
+        # one section per base set (as for the sim rows), so re-measuring one base leaves the others' rows alone
+        write(f"steering_latency_{'_'.join(args.bases)}",
+              f"Value-guided steering (V-GPS): latency per chunk, lift, {', '.join(args.bases)}",
                       latency(bases, args.rounds) + "\n\n" + load_note(load0),
                       f"{cmd} --parts latency --bases {' '.join(args.bases)} --rounds {args.rounds}")
     if "sim" in args.parts:
