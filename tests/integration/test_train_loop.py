@@ -71,7 +71,8 @@ def test_bc_variants_train(toy_store, tmp_path, extra, head) -> None:
     n_out = policy.model.mlp[-1].out_features
     chunk = policy.spec.horizon * policy.spec.action_dim
     modes = policy.model.config.n_modes
-    assert n_out == (chunk if head == "mlp" else modes * (1 + 2 * chunk))  # the head really is this head
+    # the head really is this head (bc_gmm: one std per chunk dimension shared by the modes)
+    assert n_out == (chunk if head == "mlp" else modes * (1 + chunk) + chunk)
     obs = {"camera_front": np.zeros((2, 16, 16, 3), np.uint8), "joint_pos": np.zeros((2, 4), np.float32)}
     samples = policy.sample_chunks(obs, 8)
     spread = float(samples.std(axis=0).max())
