@@ -34,6 +34,8 @@ class BCConfig:
     # (detached) responsibility for the demo chunk -- an EM-style M-step, as in beta-NLL with beta = 1 -- while
     # weights and stds keep the likelihood with the means held fixed.
     mean_loss: str = "nll"
+    # samples are mode mean + sample_std_scale * std * noise: a temperature (0 = the sampled mode's mean)
+    sample_std_scale: float = 1.0
     min_std: float = 1e-3
     dropout: float = 0.0
 
@@ -50,6 +52,8 @@ class BCModel(PolicyModel):
             raise ValueError(f"policy.params.head: unknown '{config.head}' (choose mlp or gmm)")
         if config.n_modes < 1:
             raise ValueError("policy.params.n_modes must be >= 1")
+        if config.sample_std_scale < 0:
+            raise ValueError("policy.params.sample_std_scale must be >= 0")
         if config.mean_loss not in ("nll", "mse"):
             raise ValueError(f"policy.params.mean_loss: unknown '{config.mean_loss}' (choose nll or mse)")
         if config.std not in ("per_mode", "shared"):
@@ -112,7 +116,7 @@ class BCModel(PolicyModel):
             gather = idx[..., None].expand(b, k, self.chunk_dim)
             mu, sd = mean.gather(1, gather), std.gather(1, gather)
             noise = torch.randn(mu.shape, generator=generator, device=mu.device)
-            chunk = mu if deterministic else mu + sd * noise
+            chunk = mu if deterministic else mu + self.config.sample_std_scale * sd * noise
         chunk = chunk.reshape(b, k, self.spec.horizon, self.spec.action_dim).clamp(-1.0, 1.0)
         return self.normalizer.unnormalize(ACTION_STATS_KEY, chunk)
 

@@ -241,8 +241,17 @@ def test_dpmsolver_clips_its_x0_like_diffusers_thresholding_capped_at_one() -> N
     assert isinstance(model.inference_scheduler, ClippedDPMSolver) and model.inference_scheduler.config.thresholding
 
 
-@pytest.mark.parametrize("field,value", [("head", "flow"), ("std", "tied"), ("mean_loss", "l1"), ("n_modes", 0)])
+@pytest.mark.parametrize("field,value", [("head", "flow"), ("std", "tied"), ("mean_loss", "l1"), ("n_modes", 0), ("sample_std_scale", -1.0)])
 def test_bc_rejects_bad_head_settings(field: str, value: object) -> None:
     params = {**PARAMS["bc_gmm_shared"], field: value}
     with pytest.raises(ValueError, match=f"policy.params.{field}"):
         build_model("bc", params, SPEC, STATS)
+
+
+def test_gmm_sample_std_scale_zero_samples_mode_means() -> None:
+    torch.manual_seed(0)
+    model = build_model("bc", {**PARAMS["bc_gmm_shared"], "sample_std_scale": 0.0}, SPEC, STATS).eval()
+    obs = {k: v[:1] for k, v in _batch(1)["obs"].items()}
+    with torch.no_grad():
+        chunks = model.sample_actions(obs, k=32, generator=torch.Generator().manual_seed(0))[0]
+    assert len({tuple(c.flatten().tolist()) for c in chunks}) <= 3  # at most n_modes distinct candidates
