@@ -35,3 +35,9 @@ if ! grep -q "^1500$" $R/lift/onestep10k/.steps 2>/dev/null; then
     policy.params.teacher=$R/lift/diffusion10k/policy.pt task=lift task.image_size=32 data.store=$R/lift/demos.zarr \
     train.steps=1500 train.batch_size=64 out_dir=$R/lift/onestep10k && echo 1500 > $R/lift/onestep10k/.steps
 fi
+# lift BC-GMM sampled at temperature 0.3 (policy.params.sample_std_scale: sampling only, same weights) for steering
+if [ ! -f $R/lift/bc_gmm_t03/policy.pt ]; then
+  mkdir -p $R/lift/bc_gmm_t03
+  .venv/bin/python -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); \
+c['policy_config']['sample_std_scale'] = 0.3; torch.save(c, sys.argv[2])" $R/lift/bc_gmm/policy.pt $R/lift/bc_gmm_t03/policy.pt
+fi
