@@ -186,9 +186,9 @@ def _finished(ckpt: Path) -> bool:
     checkpoint, so a run still in progress must not be picked up as the base."""
     if not ckpt.exists():
         return False
-    import torch
+    from robot_learning.policies.checkpoint import read_checkpoint
 
-    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    saved = read_checkpoint(ckpt)
     steps = (saved.get("config") or {}).get("train", {}).get("steps")
     return steps is None or int(saved.get("step", 0)) >= int(steps)
 

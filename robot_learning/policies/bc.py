@@ -91,10 +91,9 @@ class BCModel(PolicyModel):
         logits, mean, std = self._mixture(cond)
         if self.config.mean_loss == "nll":
             return -_mixture_logp(logits, mean, std, target).mean() / self.chunk_dim
-        log_w = F.log_softmax(logits, dim=-1)
-        comp = _component_logp(mean.detach(), std, target)
-        nll = -torch.logsumexp(log_w + comp, dim=-1).mean()
-        resp = torch.softmax(log_w + comp, dim=-1).detach()  # (B, modes): who explains this demo chunk
+        joint = F.log_softmax(logits, dim=-1) + _component_logp(mean.detach(), std, target)  # (B, modes)
+        nll = -torch.logsumexp(joint, dim=-1).mean()
+        resp = torch.softmax(joint, dim=-1).detach()  # who explains this demo chunk
         mse = (resp * (mean - target[:, None]).pow(2).sum(-1)).sum(-1).mean()
         return (nll + mse) / self.chunk_dim
 
