@@ -332,6 +332,9 @@ def main() -> None:
     ap.add_argument("--check-episodes", type=int, default=0,
                     help="sim: re-run base, the control and Cal-QL K=10 on this many more seeds, and pool them")
     ap.add_argument("--critic-steps", type=int, default=4000, help="sim: train-critic steps")
+    ap.add_argument("--critic-args", nargs="*", default=[],
+                    help="sim: extra train-critic overrides (e.g. net.features=own net.score=first)")
+    ap.add_argument("--tag", default="", help="sim: a variant name, appended to the section (use with --out)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "steering"), help="where runs are cached (default runs/steering)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, leave benchmarks/README.md alone")
     args = ap.parse_args()
@@ -340,6 +343,9 @@ def main() -> None:
     CHECK_EPISODES = args.check_episodes
     RUNS.mkdir(parents=True, exist_ok=True)
     CRITIC_ARGS[CRITIC_ARGS.index("steps=4000")] = f"steps={args.critic_steps}"
+    for extra in args.critic_args:  # an override of a default replaces it, a new key is appended
+        key = extra.split("=", 1)[0]
+        CRITIC_ARGS[:] = [a for a in CRITIC_ARGS if a.split("=", 1)[0] != key] + [extra]
     write = (lambda name, title, body, command: print(body)) if args.no_write else write_section
     import os
 
@@ -359,14 +365,18 @@ def main() -> None:
         bases_dir = Path(args.bases_dir) if args.bases_dir else ROOT / "runs" / "bases" / args.task
         bases = {b: bases_dir.resolve() / b / "policy.pt" for b in args.bases}
         # one section per task and base set, so a base measured on another day does not replace the others
-        write(f"steering_sim_{args.task}_{'_'.join(args.bases)}",
-              f"Value-guided steering (V-GPS): {args.task}, {', '.join(args.bases)} base" + "s" * (len(args.bases) > 1),
+        tag = f"_{args.tag}" if args.tag else ""
+        write(f"steering_sim_{args.task}_{'_'.join(args.bases)}{tag}",
+              f"Value-guided steering (V-GPS): {args.task}, {', '.join(args.bases)} base" + "s" * (len(args.bases) > 1)
+              + (f" ({args.tag})" if args.tag else ""),
                       sim(args.task, bases, args.sim_episodes, args.base_episodes, args.jobs, not args.no_run) + "\n\n" + load_note(load0),
                       f"{cmd} --parts sim --task {args.task} --bases {' '.join(args.bases)} "
                       + (f"--bases-dir {args.bases_dir} " if args.bases_dir else "")
                       + f"--sim-episodes {args.sim_episodes} --base-episodes {args.base_episodes}"
                       + (f" --check-episodes {args.check_episodes}" if args.check_episodes else "")
-                      + (f" --critic-steps {args.critic_steps}" if args.critic_steps != 4000 else ""))
+                      + (f" --critic-steps {args.critic_steps}" if args.critic_steps != 4000 else "")
+                      + (f" --critic-args {' '.join(args.critic_args)}" if args.critic_args else "")
+                      + (f" --out {args.out} --tag {args.tag}" if args.tag else ""))
 
 
 if __name__ == "__main__":
