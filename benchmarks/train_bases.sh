@@ -4,7 +4,7 @@
 # to 10000 as diffusion10k, then distilled into the one-step student onestep10k); BC-GMM 3000 b64.
 # stack (two stages): 200 demos (50 gave a BC base at 2 %); BC 3000 b64; diffusion10k trained 10000 b32 directly.
 # push200 (the second steering task; 50 push demos gave bases at 4-20 %): 200 demos, diffusion10k 10000 b32, BC-GMM
-# 3000 b64. About 3 h of CPU on 2 idle cores.
+# 3000 b64, the one-step student onestep10k (1500 steps from diffusion10k). About 3 h of CPU on 2 idle cores.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
@@ -34,6 +34,12 @@ if ! grep -q "^1500$" $R/lift/onestep10k/.steps 2>/dev/null; then
   nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion_onestep \
     policy.params.teacher=$R/lift/diffusion10k/policy.pt task=lift task.image_size=32 data.store=$R/lift/demos.zarr \
     train.steps=1500 train.batch_size=64 out_dir=$R/lift/onestep10k && echo 1500 > $R/lift/onestep10k/.steps
+fi
+# the push one-step student (steering's second push base): distilled the same way from the push200 diffusion10k
+if ! grep -q "^1500$" $R/push200/onestep10k/.steps 2>/dev/null; then
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion_onestep \
+    policy.params.teacher=$R/push200/diffusion10k/policy.pt task=push task.image_size=32 data.store=$R/push200/demos.zarr \
+    train.steps=1500 train.batch_size=64 out_dir=$R/push200/onestep10k && echo 1500 > $R/push200/onestep10k/.steps
 fi
 # lift BC-GMM sampled at temperature 0.3 (policy.params.sample_std_scale: sampling only, same weights) for steering
 if [ ! -f $R/lift/bc_gmm_t03/policy.pt ]; then
