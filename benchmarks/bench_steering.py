@@ -310,8 +310,10 @@ def sim(task: str, bases: dict[str, Path], episodes: int, base_episodes: int, jo
         "300000..), the same seeds for every row. 'base' is the checkpoint as `rlstack eval` runs it (a BC mixture: "
         "its top mode's mean; diffusion: one sample); V-GPS K=1 executes one sampled candidate. Critic data: "
         f"scripted experts at qualities {', '.join(QUALITIES)} (60 episodes each, failures kept) + {base_episodes} "
-        "rollouts of the base executing sampled candidates; critic on the frozen base encoder, scoring the executed "
-        f"chunk ({' '.join(CRITIC_ARGS)}).\n\nCommands:\n\n```\n" + "\n".join(dict.fromkeys(COMMANDS)) + "\n```")
+        "rollouts of the base executing sampled candidates; critic on the "
+        + ("frozen base encoder" if "net.features=own" not in CRITIC_ARGS else "its own encoder") + ", scoring "
+        + ("the chunk's first action" if "net.score=first" in CRITIC_ARGS else "the executed chunk")
+        + f" ({' '.join(CRITIC_ARGS)}).\n\nCommands:\n\n```\n" + "\n".join(dict.fromkeys(COMMANDS)) + "\n```")
 
 
 def main() -> None:
