@@ -344,10 +344,13 @@ def main() -> None:
     RUNS = Path(args.out).resolve()
     CHECK_EPISODES = args.check_episodes
     RUNS.mkdir(parents=True, exist_ok=True)
-    CRITIC_ARGS[CRITIC_ARGS.index("steps=4000")] = f"steps={args.critic_steps}"
-    for extra in args.critic_args:  # an override of a default replaces it, a new key is appended
+    for extra in (f"steps={args.critic_steps}", *args.critic_args):  # a default is replaced in place, a new key appended
+        keys = [a.split("=", 1)[0] for a in CRITIC_ARGS]
         key = extra.split("=", 1)[0]
-        CRITIC_ARGS[:] = [a for a in CRITIC_ARGS if a.split("=", 1)[0] != key] + [extra]
+        if key in keys:
+            CRITIC_ARGS[keys.index(key)] = extra
+        else:
+            CRITIC_ARGS.append(extra)
     write = (lambda name, title, body, command: print(body)) if args.no_write else write_section
     import os
 
@@ -378,7 +381,8 @@ def main() -> None:
                       + (f" --check-episodes {args.check_episodes}" if args.check_episodes else "")
                       + (f" --critic-steps {args.critic_steps}" if args.critic_steps != 4000 else "")
                       + (f" --critic-args {' '.join(args.critic_args)}" if args.critic_args else "")
-                      + (f" --out {args.out} --tag {args.tag}" if args.tag else ""))
+                      + (f" --out {args.out}" if Path(args.out).resolve() != ROOT / "runs" / "steering" else "")
+                      + (f" --tag {args.tag}" if args.tag else ""))
 
 
 if __name__ == "__main__":

@@ -29,18 +29,15 @@ if ! grep -q "^10000$" $R/lift/diffusion10k/.steps 2>/dev/null; then
     data.store=$R/lift/demos.zarr train.steps=10000 train.batch_size=32 out_dir=$R/lift/diffusion10k \
     && echo 10000 > $R/lift/diffusion10k/.steps
 fi
-# the one-step student (second steering base): distilled for 1500 steps from the diffusion10k teacher's DDIM-10 sampler
-if ! grep -q "^1500$" $R/lift/onestep10k/.steps 2>/dev/null; then
+distill() { # folder (lift | push200): the one-step student, 1500 steps from the folder's diffusion10k DDIM-10 sampler
+  local d=$R/$1/onestep10k
+  grep -q "^1500$" $d/.steps 2>/dev/null && return
   nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion_onestep \
-    policy.params.teacher=$R/lift/diffusion10k/policy.pt task=lift task.image_size=32 data.store=$R/lift/demos.zarr \
-    train.steps=1500 train.batch_size=64 out_dir=$R/lift/onestep10k && echo 1500 > $R/lift/onestep10k/.steps
-fi
-# the push one-step student (steering's second push base): distilled the same way from the push200 diffusion10k
-if ! grep -q "^1500$" $R/push200/onestep10k/.steps 2>/dev/null; then
-  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion_onestep \
-    policy.params.teacher=$R/push200/diffusion10k/policy.pt task=push task.image_size=32 data.store=$R/push200/demos.zarr \
-    train.steps=1500 train.batch_size=64 out_dir=$R/push200/onestep10k && echo 1500 > $R/push200/onestep10k/.steps
-fi
+    policy.params.teacher=$R/$1/diffusion10k/policy.pt task=${1%200} task.image_size=32 data.store=$R/$1/demos.zarr \
+    train.steps=1500 train.batch_size=64 out_dir=$d && echo 1500 > $d/.steps
+}
+distill lift     # the second lift steering base
+distill push200  # the second push steering base
 # lift BC-GMM sampled at temperature 0.3 (policy.params.sample_std_scale: sampling only, same weights) for steering
 if [ ! -f $R/lift/bc_gmm_t03/policy.pt ]; then
   mkdir -p $R/lift/bc_gmm_t03
