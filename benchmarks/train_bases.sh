@@ -4,7 +4,9 @@
 # to 10000 as diffusion10k, then distilled into the one-step student onestep10k); BC-GMM 3000 b64.
 # stack (two stages): 200 demos (50 gave a BC base at 2 %); BC 3000 b64; diffusion10k trained 10000 b32 directly.
 # push200 (the second steering task; 50 push demos gave bases at 4-20 %): 200 demos, diffusion10k 10000 b32, BC-GMM
-# 3000 b64, the one-step student onestep10k (1500 steps from diffusion10k). About 3 h of CPU on 2 idle cores.
+# 3000 b64, the one-step student onestep10k (1500 steps from diffusion10k).
+# stack64 (is resolution the stack base's limit?): 200 stack demos at 64 px, BC 3000 b64 (~20 min).
+# About 3.5 h of CPU on 2 idle cores.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
@@ -43,4 +45,11 @@ if [ ! -f $R/lift/bc_gmm_t03/policy.pt ]; then
   mkdir -p $R/lift/bc_gmm_t03
   .venv/bin/python -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); \
 c['policy_config']['sample_std_scale'] = 0.3; torch.save(c, sys.argv[2])" $R/lift/bc_gmm/policy.pt $R/lift/bc_gmm_t03/policy.pt
+fi
+# the 64 px stack BC base (residual RL on stack): same recipe as stack/bc, cameras at 64 px
+if ! grep -q "^3000$" $R/stack64/bc/.steps 2>/dev/null; then
+  [ -f $R/stack64/demos.zarr/.done ] || { rm -rf $R/stack64/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos \
+    --task stack --episodes 200 --quality 1.0 --out $R/stack64/demos.zarr image_size=64 && touch $R/stack64/demos.zarr/.done; }
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=bc task=stack task.image_size=64 data.store=$R/stack64/demos.zarr \
+    train.steps=3000 train.batch_size=64 out_dir=$R/stack64/bc && echo 3000 > $R/stack64/bc/.steps
 fi
