@@ -48,10 +48,13 @@ from robot_learning.rl.residual import (
     ResidualPolicy,
 )
 from robot_learning.stats import wilson_interval
+from robot_learning.train.checkpointing import check_resume_config
 from robot_learning.train.metrics import write_csv
 
 PLANNED_KEY = "planned_action"  # store key of the base's planned action (replay derives base_action from it)
 METHODS = ("residual",)
+# settings a resumed run may change: the budget (to continue a run further), where it runs and how it reports
+RESUME_MAY_CHANGE = ("env_steps", "out_dir", "device", "threads", "progress")
 EVAL_FIELDS = ("env_steps", "episodes", "updates", "wall_s", "successes", "n", "rate", "ci_low", "ci_high",
                "residual_mean_abs")
 
@@ -252,14 +255,20 @@ class Finetuner:
                  "wall": self.wall, "utd_credit": self.utd._credit, "eval_rows": self.eval_rows,
                  "train_rows": self.train_rows,
                  "replay_rng": _rng_state(self.replay.rng) if self.replay is not None else {},
-                 "config": asdict(self.cfg)}
+                 "config": self._settings()}
         atomic_save(state, self.ckpt_path)
+
+    def _settings(self) -> dict[str, Any]:
+        """Everything that shapes the run (its own config and the RL parts), as resume compares it."""
+        return {**asdict(self.cfg), **asdict(self.parts)}
 
     def resume(self) -> bool:
         """Load ``checkpoints/latest.pt`` if present; returns whether it did."""
         if not self.ckpt_path.exists():
             return False
         state = torch.load(self.ckpt_path, weights_only=True)
+        check_resume_config(state.get("config"), self._settings(), f"rlstack finetune out_dir={self.cfg.out_dir}",
+                            may_change=RESUME_MAY_CHANGE)
         self.learner.load_state_dict(state["learner"])
         self.env_steps, self.episodes, self.wall = int(state["env_steps"]), int(state["episodes"]), float(state["wall"])
         self.utd._credit = float(state["utd_credit"])

@@ -36,8 +36,11 @@ from robot_learning.policies.base import Policy
 from robot_learning.rl.critics import make_target, mlp, polyak_update
 from robot_learning.rl.rewards import REWARDS
 from robot_learning.rl.vgps import CriticNetConfig, SteeringCritic, VGPSConfig, make_vgps, validate_vgps
+from robot_learning.train.checkpointing import check_resume_config
 
 ALGOS = ("calql", "iql")
+# settings a resumed critic run may change: its budget, logging, where it runs, the steering settings of vgps.pt
+RESUME_MAY_CHANGE = ("steps", "out_dir", "log_every", "ckpt_every", "threads", "progress", "vgps")
 CHUNK_KEY = "act_chunk"  # derived replay column: the executed chunk from each step (rows padded with the last)
 
 
@@ -275,6 +278,8 @@ def train(cfg: CriticTrainConfig, base: Policy | None = None, stats: dict[str, A
     state_path, rows, step = out / "train_state.pt", [], 0
     if state_path.exists():
         st = torch.load(state_path, weights_only=True)
+        check_resume_config(st.get("config"), asdict(cfg), f"rlstack train-critic out_dir={cfg.out_dir}",
+                            may_change=RESUME_MAY_CHANGE)
         learner.load_state_dict(st["learner"])
         _set_rng(replay.rng, st["replay_rng"])
         rows, step = list(st["rows"]), int(st["step"])
@@ -293,7 +298,7 @@ def train(cfg: CriticTrainConfig, base: Policy | None = None, stats: dict[str, A
             bar.set_postfix(td=f"{losses['td']:.3f}", q=f"{losses['q_mean']:.2f}")
         if step % cfg.ckpt_every == 0 or step == cfg.steps:
             atomic_save({"learner": learner.state_dict(), "replay_rng": _rng_state(replay.rng), "rows": rows,
-                         "step": step}, state_path)
+                         "step": step, "config": asdict(cfg)}, state_path)
             write_csv(out / "train.csv", rows)
     bar.close()
     tb.close()

@@ -96,6 +96,36 @@ def load_resume(out_dir: str | Path, name: str = LATEST) -> dict[str, Any] | Non
     return read_checkpoint(path) if path.exists() else None
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level of dotted keys (``critic.lr``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], where: str,
+                        may_change: tuple[str, ...] = ()) -> None:
+    """Refuse to resume a run whose settings changed since its resume file was written.
+
+    Continuing with another learning rate or reward would mix two runs in one folder and report it as one.
+    Keys in ``may_change`` (a budget, threads, a progress bar; a section name covers its keys) and keys the saved config did not have yet
+    (older resume files) are not compared.
+    """
+    if not saved:
+        return
+    old, new = _flat(saved), _flat(current)
+    changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
+               if not any(k == m or k.startswith(m + ".") for m in may_change) and old[k] != new[k] and not (isinstance(old[k], (list, tuple))
+                                                                    and list(old[k]) == list(new[k]))]
+    if changed:
+        raise ValueError(f"{where}: cannot resume, the settings differ from the run's resume file ("
+                         + "; ".join(changed) + "). Restore them, or use a new out_dir for a new run.")
+
+
 def ema_state_dict(model: torch.nn.Module, ema: Any) -> dict[str, torch.Tensor]:
     """``model``'s state dict with the EMA weights (diffusers ``EMAModel``) in place of the trained ones."""
     if ema is None:

@@ -32,6 +32,7 @@ from robot_learning.policies.checkpoint import atomic_save, build_model, checkpo
 from robot_learning.policies.model import ACTION_STATS_KEY, PolicyModel, dataset_horizon
 from robot_learning.train.checkpointing import (
     LATEST,
+    check_resume_config,
     ema_state_dict,
     gather_rng,
     rng_states,
@@ -44,6 +45,13 @@ from robot_learning.train.metrics import MetricsLog
 from robot_learning.train.progress import note, progress_bar
 
 POLICY = "policy.pt"
+# settings a resumed training run may change: its budget (train.steps continues a run further; the cosine
+# schedule then follows the new length), logging, evaluation, where it runs, where its store lives (the spec is
+# still checked) and its folder
+RESUME_MAY_CHANGE = ("train.steps", "train.stop_after", "train.checkpoint_every", "train.log_every", "train.eval_every",
+                     "train.eval_episodes", "train.eval_procs", "train.eval_dr", "train.eval_seed", "train.device",
+                     "train.amp", "train.threads", "train.dist_timeout_s", "data.store", "data.cache",
+                     "data.num_workers", "out_dir", "resume")
 
 
 class StepBatches(torch.utils.data.Sampler[list[int]]):
@@ -141,6 +149,8 @@ def train(cfg: DictConfig) -> Path:
         if run.resume and (out / LATEST).exists():
             resume_ckpt = read_checkpoint(out / LATEST)
             check_spec_matches(PolicySpec.from_dict(resume_ckpt["spec"]), spec, f"store {run.data.store}")
+            check_resume_config(resume_ckpt.get("config"), plain(cfg), f"rlstack train out_dir={run.out_dir}",
+                                may_change=RESUME_MAY_CHANGE)
             if resume_ckpt["train_state"]["world"] != ddp.world:
                 raise ValueError(
                     f"cannot resume {out / LATEST} with {ddp.world} processes: it was trained with "

@@ -91,8 +91,8 @@ def test_resume_after_a_stop_is_bit_exact(tmp_path) -> None:
 
     _demos(str(tmp_path / "demos.zarr"), 2)
 
-    def tuner(out: str, steps: int) -> Finetuner:
-        cfg, parts = load_config([
+    def tuner(out: str, steps: int, *extra: str) -> Finetuner:
+        cfg, parts = load_config([*extra,
             "base=unused", f"demos={tmp_path / 'demos.zarr'}", f"out_dir={tmp_path / out}", f"env_steps={steps}",
             "eval_every=100000", "eval_episodes=1", "warmup_episodes=1", "residual.hidden_dims=[32]",
             "critic.n_heads=3", "critic.hidden_dims=[32]", "learner.critic_warmup_updates=10",
@@ -110,3 +110,6 @@ def test_resume_after_a_stop_is_bit_exact(tmp_path) -> None:
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), (part, key)
     assert [r["success"] for r in straight.train_rows] == [r["success"] for r in resumed.train_rows]
+    resumed.store.close()  # one writer per store
+    with pytest.raises(ValueError, match=r"actor\.lr: 3e-05 -> 0\.001"):  # a changed setting is not mixed into the run
+        tuner("b", 200, "actor.lr=1e-3").run()

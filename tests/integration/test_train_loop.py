@@ -117,6 +117,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(toy_store, tmp_path) -> 
     assert all(torch.equal(ref_ema[k], res_ema[k]) for k in ref_ema)
     steps = [int(r.split(",")[0]) for r in (killed / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == list(range(10, 61, 10))  # the log has no duplicate or missing rows after resume
+    changed = subprocess.run(_train_cmd(toy_store, killed, "train.lr=0.5"), env=env, cwd=REPO, capture_output=True,
+                             text=True)  # another run's settings in the same folder: refused, the folder unchanged
+    assert changed.returncode != 0 and "cannot resume" in changed.stderr and "train.lr: 0.0001 -> 0.5" in changed.stderr
+    assert torch.load(killed / LATEST, weights_only=True)["train_state"]["step"] == 60
 
 
 def test_ddp_two_gloo_processes(toy_store, tmp_path) -> None:

@@ -192,6 +192,10 @@ def test_critic_training_resumes_exactly(tmp_path: Path, algo: str) -> None:
         assert torch.equal(v, resumed.critic.state_dict()[k]), k
     assert [r["step"] for r in resumed.rows] == [2, 3, 4, 6]  # the 3-step run logged its last step and resumed.composite is not None
     assert (tmp_path / "b" / "train.csv").read_text().count("\n") == 5
+    changed = cfg("b", 9)
+    changed.lr = 1e-3
+    with pytest.raises(ValueError, match=r"lr: 0\.0003 -> 0\.001"):  # another run's settings are refused on resume
+        train(changed, base)
     from robot_learning.policies import load_policy
     steered = load_policy(resumed.composite)
     assert isinstance(steered, VGPSPolicy) and steered.config.k == 3 and steered.task == "lift"

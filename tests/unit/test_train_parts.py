@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robot_learning.config import compose
-from robot_learning.train.checkpointing import rng_states, set_rng_states, step_seed
+from robot_learning.train.checkpointing import check_resume_config, rng_states, set_rng_states, step_seed
 from robot_learning.train.config import validate_run_config
 from robot_learning.train.loop import StepBatches
 from robot_learning.train.metrics import CsvLog
@@ -104,3 +104,12 @@ def test_numpy_generator_state_survives_a_weights_only_checkpoint(tmp_path) -> N
     set_numpy_generator_state(other, load_resume(tmp_path)["rng"])
     np.testing.assert_array_equal(other.integers(0, 1000, 5), expected)
     assert load_resume(tmp_path / "nothing") is None
+
+
+def test_resume_config_check_names_what_changed() -> None:
+    saved = {"lr": 1e-4, "steps": 100, "net": {"hidden": [64, 64], "score": "chunk"}, "vgps": {"k": 10}}
+    check_resume_config(saved, {**saved, "steps": 200, "vgps": {"k": 5}}, "run", may_change=("steps", "vgps"))
+    check_resume_config(None, saved, "run")  # a resume file from before configs were saved
+    check_resume_config(saved, {**saved, "net": {"hidden": (64, 64), "score": "chunk"}, "new_key": 1}, "run")
+    with pytest.raises(ValueError, match=r"run: cannot resume.*lr: 0\.0001 -> 0\.001; net\.score: 'chunk' -> 'first'"):
+        check_resume_config(saved, {**saved, "lr": 1e-3, "net": {"hidden": [64, 64], "score": "first"}}, "run")
