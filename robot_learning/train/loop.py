@@ -149,13 +149,13 @@ def train(cfg: DictConfig) -> Path:
         if run.resume and (out / LATEST).exists():
             resume_ckpt = read_checkpoint(out / LATEST)
             check_spec_matches(PolicySpec.from_dict(resume_ckpt["spec"]), spec, f"store {run.data.store}")
-            check_resume_config(resume_ckpt.get("config"), plain(cfg), f"rlstack train out_dir={run.out_dir}",
-                                may_change=RESUME_MAY_CHANGE)
             if resume_ckpt["train_state"]["world"] != ddp.world:
                 raise ValueError(
                     f"cannot resume {out / LATEST} with {ddp.world} processes: it was trained with "
                     f"{resume_ckpt['train_state']['world']} (the data order depends on it)"
                 )
+            check_resume_config(resume_ckpt.get("config"), plain(cfg), f"rlstack train out_dir={run.out_dir}",
+                                may_change=RESUME_MAY_CHANGE)
             stats = resume_ckpt["normalizer"]
         else:
             check_finite(store, [*spec.lowdim_keys, run.data.action_key], train_ids)
