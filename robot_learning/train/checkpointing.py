@@ -112,15 +112,21 @@ def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], w
     """Refuse to resume a run whose settings changed since its resume file was written.
 
     Continuing with another learning rate or reward would mix two runs in one folder and report it as one.
-    Keys in ``may_change`` (a budget, threads, a progress bar; a section name covers its keys) and keys the saved config did not have yet
-    (older resume files) are not compared.
+    Keys in ``may_change`` (a budget, threads, a progress bar; a section name covers its keys) and keys the
+    saved config did not have yet (older resume files) are not compared; lists and tuples compare by content.
     """
     if not saved:
         return
     old, new = _flat(saved), _flat(current)
+
+    def may(key: str) -> bool:
+        return any(key == m or key.startswith(m + ".") for m in may_change)
+
+    def plain(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
     changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(old.keys() & new.keys())
-               if not any(k == m or k.startswith(m + ".") for m in may_change) and old[k] != new[k] and not (isinstance(old[k], (list, tuple))
-                                                                    and list(old[k]) == list(new[k]))]
+               if not may(k) and plain(old[k]) != plain(new[k])]
     if changed:
         raise ValueError(f"{where}: cannot resume, the settings differ from the run's resume file ("
                          + "; ".join(changed) + "). Restore them, or use a new out_dir for a new run.")
