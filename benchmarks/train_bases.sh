@@ -41,12 +41,15 @@ distill() { # folder (lift | push200): the one-step student, 1500 steps from the
 }
 distill lift     # the second lift steering base
 distill push200  # the second push steering base
-# lift BC-GMM sampled at temperature 0.3 (policy.params.sample_std_scale: sampling only, same weights) for steering
-if [ ! -f $R/lift/bc_gmm_t03/policy.pt ]; then
-  mkdir -p $R/lift/bc_gmm_t03
+variant() { # source folder, new folder, checkpoint section, key, value: same weights, one setting changed
+  [ -f $R/$2/policy.pt ] && return
+  mkdir -p $R/$2
   .venv/bin/python -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); \
-c['policy_config']['sample_std_scale'] = 0.3; torch.save(c, sys.argv[2])" $R/lift/bc_gmm/policy.pt $R/lift/bc_gmm_t03/policy.pt
-fi
+c[sys.argv[3]][sys.argv[4]] = float(sys.argv[5]) if '.' in sys.argv[5] else int(sys.argv[5]); torch.save(c, sys.argv[2])" \
+    $R/$1/policy.pt $R/$2/policy.pt $3 $4 $5
+}
+# lift BC-GMM sampled at temperature 0.3 (policy.params.sample_std_scale: sampling only, same weights) for steering
+variant lift/bc_gmm lift/bc_gmm_t03 policy_config sample_std_scale 0.3
 # the 64 px stack BC base (residual RL on stack): same recipe as stack/bc, cameras at 64 px
 if ! grep -q "^3000$" $R/stack64/bc/.steps 2>/dev/null; then
   [ -f $R/stack64/demos.zarr/.done ] || { rm -rf $R/stack64/demos.zarr; nice -n 5 .venv/bin/python -m robot_learning.cli sim demos \
@@ -56,8 +59,4 @@ if ! grep -q "^3000$" $R/stack64/bc/.steps 2>/dev/null; then
 fi
 # the same stack64 BC weights re-planning every 16 steps (spec n_action_steps 16: the whole predicted horizon
 # open-loop; 11 % against 6 % every 8): the residual RL base on stack (runs/finetune_stack64)
-if [ ! -f $R/stack64/bc_nas16/policy.pt ]; then
-  mkdir -p $R/stack64/bc_nas16
-  .venv/bin/python -c "import torch, sys; c = torch.load(sys.argv[1], weights_only=True); \
-c['spec']['n_action_steps'] = 16; torch.save(c, sys.argv[2])" $R/stack64/bc/policy.pt $R/stack64/bc_nas16/policy.pt
-fi
+variant stack64/bc stack64/bc_nas16 spec n_action_steps 16
