@@ -74,6 +74,7 @@ class FinetuneConfig:
     warmup_episodes: int = 10
     warmup_noise_std: float = 0.1
     residual_penalty: float = 0.0  # > 0: pull the residual towards 0 (actor loss -Q/mean|Q| + w * (res/scale)^2)
+    demo_bc: float = 0.0  # > 0: pull the executed action towards the demo's on demo rows (TD3+BC; needs demos)
     from_scratch: bool = False  # the RL-from-scratch baseline: the base's actions dropped (see load_config)
     eval_every: int = 2000
     eval_episodes: int = 50
@@ -111,10 +112,14 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
         raise ValueError(f"{method}: from_scratch=true makes the actor the whole policy (its base acts 0): it needs "
                          f"residual.action_scale >= 1 to reach the action range and residual_penalty=0, got "
                          f"action_scale={fc.residual.action_scale}, residual_penalty={fc.residual_penalty}")
+    if fc.residual_penalty < 0 or fc.demo_bc < 0:
+        raise ValueError(f"{method}: residual_penalty and demo_bc must be >= 0, got {fc.residual_penalty}, {fc.demo_bc}")
+    if fc.demo_bc > 0 and not fc.demos:
+        raise ValueError(f"{method}: demo_bc={fc.demo_bc} pulls towards demonstrated actions: set demos=<episode store>")
     return fc, parts
 
 
-def learner_settings(parts: RLParts, residual_penalty: float = 0.0) -> LearnerSettings:
+def learner_settings(parts: RLParts, residual_penalty: float = 0.0, demo_bc: float = 0.0) -> LearnerSettings:
     """The learner's view of the shared parts (and the method's own actor regulariser)."""
     a, lr = parts.actor, parts.learner
     if a.kind != "td3":
@@ -122,7 +127,7 @@ def learner_settings(parts: RLParts, residual_penalty: float = 0.0) -> LearnerSe
     return LearnerSettings(critic=parts.critic, actor_lr=a.lr, target_noise_std=a.target_noise_std,
                            target_noise_clip=a.target_noise_clip, critic_warmup_updates=lr.critic_warmup_updates,
                            actor_every=lr.actor_every, actor_tau=parts.critic.tau, grad_clip=lr.grad_clip, seed=lr.seed,
-                           residual_penalty=residual_penalty)
+                           residual_penalty=residual_penalty, demo_bc=demo_bc)
 
 
 def make_env(cfg: FinetuneConfig, spec: Any) -> Any:
@@ -202,7 +207,7 @@ class Finetuner:
         if cfg.from_scratch:  # RLPD-style baseline on the same machinery: only the base's interface and encoder stay
             self.base = PerturbedPolicy(self.base, PerturbedConfig(scale=0.0), device=cfg.device)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
-        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty))
+        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty, cfg.demo_bc))
         self.env = env if env is not None else make_env(cfg, self.base.spec)
         self.agent = PolicyAgent(self.policy)
         self.store = EpisodeStore.open(str(self.out / "online.zarr"), mode="a")
@@ -308,11 +313,19 @@ class Finetuner:
         if not warm and self.learner.updates == 0:  # critic-only warm-up as one block on the warm-up data
             n_updates += self.parts.learner.critic_warmup_updates
         for _ in range(n_updates):
-            losses = self.learner.update(self.replay.sample(self.parts.replay.batch_size))
+            losses = self.learner.update(self._batch())
         row = {"env_steps": self.env_steps, "episode": k, "success": int(success), "length": steps,
                "residual_mean_abs": res, "updates": self.learner.updates, **losses}
         self.train_rows.append(row)
         return row
+
+    def _batch(self) -> dict[str, Any]:
+        """One mixed batch; ``bc_mask`` marks its demo rows (the actor's demo_bc term reads it)."""
+        assert self.replay is not None
+        batch = self.replay.sample(self.parts.replay.batch_size)
+        demo = self.replay.names.index("demo") if "demo" in self.replay.names else -1
+        batch["bc_mask"] = batch["source"] == demo
+        return batch
 
     def evaluate(self) -> dict[str, Any]:
         """Success of the current residual (no exploration) on the fixed evaluation seeds."""

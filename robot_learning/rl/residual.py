@@ -290,6 +290,7 @@ class LearnerSettings:
     actor_tau: float = 0.005
     grad_clip: float = 0.0
     residual_penalty: float = 0.0  # > 0: actor loss -Q/mean|Q| + penalty * mean((residual/action_scale)^2)
+    demo_bc: float = 0.0  # > 0: + demo_bc * mean over demo rows (batch["bc_mask"]) of (base + residual - demo)^2
     seed: int = 0
 
 
@@ -360,11 +361,7 @@ class ResidualLearner:
         delta = net(obs, base)
         action = (base + delta).clamp(self.policy.config.low, self.policy.config.high)
         q = self.critic.q_mean(critic_feats, action)
-        if self.s.residual_penalty > 0:  # TD3+BC-style: Q scale-free, so the pull towards the base has a fixed weight
-            shrink = (delta / self.policy.config.action_scale).pow(2).mean()
-            loss = -q.mean() / q.abs().mean().detach().clamp_min(1e-6) + self.s.residual_penalty * shrink
-        else:
-            loss = -q.mean()
+        loss = self._actor_loss(q, base, delta, batch)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip(net.parameters())
@@ -372,6 +369,23 @@ class ResidualLearner:
         net.eval()
         polyak_update(self.actor_target, net, self.s.actor_tau)
         return float(loss.detach())
+
+    def _actor_loss(self, q: torch.Tensor, base: torch.Tensor, delta: torch.Tensor,
+                    batch: Mapping[str, Any]) -> torch.Tensor:
+        """-Q, or (with a regulariser) TD3+BC-style -Q/mean|Q| (scale-free) + weighted regularisers."""
+        if self.s.residual_penalty <= 0 and self.s.demo_bc <= 0:
+            return -q.mean()
+        loss = -q.mean() / q.abs().mean().detach().clamp_min(1e-6)
+        if self.s.residual_penalty > 0:  # pull towards the base
+            loss = loss + self.s.residual_penalty * (delta / self.policy.config.action_scale).pow(2).mean()
+        if self.s.demo_bc > 0:  # pull towards the demonstrated action on demo rows
+            mask = batch.get("bc_mask")
+            if mask is None:
+                raise ValueError("residual learner: demo_bc > 0 needs batch['bc_mask'] (which rows are demos)")
+            if mask.any():  # the pre-clip action: its gradient also pulls a residual back from beyond the bound
+                err = (base + delta - batch["action"].float())[mask].pow(2).sum(-1)
+                loss = loss + self.s.demo_bc * err.mean()
+        return loss
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed for a bit-exact resume (with the policy's own weights)."""

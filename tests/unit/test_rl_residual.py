@@ -209,3 +209,14 @@ def test_from_scratch_drops_the_base_actions_and_relabels_demos_as_targets(tmp_p
         load_config([*common, "residual.action_scale=0.1", "residual_penalty=0"])
     with pytest.raises(ValueError, match="residual_penalty=0"):
         load_config([*common, "residual.action_scale=1.0"])
+
+
+def test_demo_bc_needs_demos_and_a_non_negative_weight(tmp_path) -> None:
+    from robot_learning.rl.finetune import load_config
+
+    common = ["base=unused", f"out_dir={tmp_path}"]
+    assert load_config([*common, "demo_bc=0.4", "demos=d.zarr"])[0].demo_bc == 0.4
+    with pytest.raises(ValueError, match="demo_bc=0.4.*demos="):
+        load_config([*common, "demo_bc=0.4"])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        load_config([*common, "demo_bc=-1", "demos=d.zarr"])
