@@ -38,6 +38,7 @@ from robot_learning.train.checkpointing import (
     rng_states,
     set_rng_states,
     step_seed,
+    warn_thread_change,
 )
 from robot_learning.train.config import RunSection, plain, validate_run_config
 from robot_learning.train.distributed import Distributed
@@ -185,6 +186,7 @@ def train(cfg: DictConfig) -> Path:
                 ema.to(ddp.device)
             set_rng_states(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
             start_step = int(state["step"])
+            warn_thread_change(state.get("torch_threads"), f"{out / LATEST}")
         del resume_ckpt
 
         net = ddp.wrap(model)
@@ -203,7 +205,7 @@ def train(cfg: DictConfig) -> Path:
             print(
                 f"training {run.policy.type} on {len(train_ids)} episodes ({len(dataset)} windows), "
                 f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters, device {ddp.device}, "
-                f"{ddp.world} process(es), steps {start_step}->{stop_at} of {tcfg.steps}, out {out}",
+                f"{ddp.world} process(es) x {torch.get_num_threads()} torch thread(s), steps {start_step}->{stop_at} of {tcfg.steps}, out {out}",
                 flush=True,
             )
 
@@ -215,7 +217,7 @@ def train(cfg: DictConfig) -> Path:
                     "step": step, "world": ddp.world, "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(), "lr_schedule": lr_schedule.state_dict(),
                     "ema": ema.state_dict() if ema is not None else {},
-                    "rng": rng,
+                    "rng": rng, "torch_threads": torch.get_num_threads(),
                 },
             )
             atomic_save(full, out / LATEST)

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from robot_learning.config import compose
-from robot_learning.train.checkpointing import check_resume_config, rng_states, set_rng_states, step_seed
+from robot_learning.train.checkpointing import (
+    check_resume_config,
+    rng_states,
+    set_rng_states,
+    step_seed,
+    warn_thread_change,
+)
 from robot_learning.train.config import validate_run_config
 from robot_learning.train.loop import StepBatches
 from robot_learning.train.metrics import CsvLog
@@ -113,3 +120,13 @@ def test_resume_config_check_names_what_changed() -> None:
     check_resume_config(saved, {**saved, "net": {"hidden": (64, 64), "score": "chunk"}, "new_key": 1}, "run")
     with pytest.raises(ValueError, match=r"run: cannot resume.*lr: 0\.0001 -> 0\.001; net\.score: 'chunk' -> 'first'"):
         check_resume_config(saved, {**saved, "lr": 1e-3, "net": {"hidden": [64, 64], "score": "first"}}, "run")
+
+
+def test_resume_with_another_thread_count_warns() -> None:
+    now = torch.get_num_threads()
+    with pytest.warns(UserWarning, match=f"trained with {now + 1} torch thread"):
+        warn_thread_change(now + 1, "run/checkpoints/latest.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_thread_change(now, "run/checkpoints/latest.pt")  # same count: silent
+        warn_thread_change(None, "run/checkpoints/latest.pt")  # a checkpoint from before the count was kept
