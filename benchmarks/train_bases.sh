@@ -7,7 +7,8 @@
 # 3000 b64, the one-step student onestep10k (1500 steps from diffusion10k).
 # stack64 (is resolution the stack base's limit?): 200 stack demos at 64 px, BC 3000 b64 (~20 min).
 # stack64/bc_nas16: the same weights re-planning every 16 steps (a copied checkpoint, one spec value changed).
-# About 3.5 h of CPU on 2 idle cores.
+# stack64/diffusion: diffusion 8000 b32 on the stack64 demos (~25 min).
+# About 4 h of CPU on 2 idle cores.
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 R=${BASES_DIR:-runs/bases}
@@ -60,3 +61,9 @@ fi
 # the same stack64 BC weights re-planning every 16 steps (spec n_action_steps 16: the whole predicted horizon
 # open-loop; 11 % against 6 % every 8): the residual RL base on stack (runs/finetune_stack64)
 variant stack64/bc stack64/bc_nas16 spec n_action_steps 16
+# the 64 px stack diffusion base (residual RL on stack with the second base type): the stack64 demos, 8000 steps b32
+# (~25 min), DDIM-10, re-planning every 8 (its spec)
+if ! grep -q "^8000$" $R/stack64/diffusion/.steps 2>/dev/null; then
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion task=stack task.image_size=64 \
+    data.store=$R/stack64/demos.zarr train.steps=8000 train.batch_size=32 out_dir=$R/stack64/diffusion && echo 8000 > $R/stack64/diffusion/.steps
+fi
