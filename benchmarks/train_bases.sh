@@ -67,3 +67,5 @@ if ! grep -q "^8000$" $R/stack64/diffusion/.steps 2>/dev/null; then
   nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion task=stack task.image_size=64 \
     data.store=$R/stack64/demos.zarr train.steps=8000 train.batch_size=32 out_dir=$R/stack64/diffusion && echo 8000 > $R/stack64/diffusion/.steps
 fi
+# the same diffusion weights re-planning every 16 steps (1/100 against 0/100 every 8: not the residual's base)
+variant stack64/diffusion stack64/diffusion_nas16 spec n_action_steps 16
