@@ -186,7 +186,7 @@ def train(cfg: DictConfig) -> Path:
                 ema.to(ddp.device)
             set_rng_states(state["rng"][min(ddp.rank, len(state["rng"]) - 1)])
             start_step = int(state["step"])
-            warn_thread_change(state.get("torch_threads"), f"{out / LATEST}")
+            warn_thread_change(state.get("torch_threads"), str(out / LATEST))
         del resume_ckpt
 
         net = ddp.wrap(model)
@@ -205,7 +205,8 @@ def train(cfg: DictConfig) -> Path:
             print(
                 f"training {run.policy.type} on {len(train_ids)} episodes ({len(dataset)} windows), "
                 f"{sum(p.numel() for p in params) / 1e6:.2f} M parameters, device {ddp.device}, "
-                f"{ddp.world} process(es) x {torch.get_num_threads()} torch thread(s), steps {start_step}->{stop_at} of {tcfg.steps}, out {out}",
+                f"{ddp.world} process(es) x {torch.get_num_threads()} torch thread(s), "
+                f"steps {start_step}->{stop_at} of {tcfg.steps}, out {out}",
                 flush=True,
             )
 
