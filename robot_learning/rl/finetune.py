@@ -48,7 +48,7 @@ from robot_learning.rl.residual import (
     ResidualPolicy,
 )
 from robot_learning.stats import wilson_interval
-from robot_learning.train.checkpointing import check_resume_config
+from robot_learning.train.checkpointing import check_resume_config, saved_threads, warn_thread_change
 from robot_learning.train.metrics import write_csv
 
 PLANNED_KEY = "planned_action"  # store key of the base's planned action (replay derives base_action from it)
@@ -274,6 +274,7 @@ class Finetuner:
         state = torch.load(self.ckpt_path, weights_only=True)
         check_resume_config(state.get("config"), self._settings(), f"rlstack finetune out_dir={self.cfg.out_dir}",
                             may_change=RESUME_MAY_CHANGE)
+        warn_thread_change(saved_threads(state.get("config")), str(self.ckpt_path))
         self.learner.load_state_dict(state["learner"])
         self.env_steps, self.episodes, self.wall = int(state["env_steps"]), int(state["episodes"]), float(state["wall"])
         self.utd._credit = float(state["utd_credit"])

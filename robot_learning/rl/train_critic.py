@@ -36,7 +36,7 @@ from robot_learning.policies.base import Policy
 from robot_learning.rl.critics import make_target, mlp, polyak_update
 from robot_learning.rl.rewards import REWARDS
 from robot_learning.rl.vgps import CriticNetConfig, SteeringCritic, VGPSConfig, make_vgps, validate_vgps
-from robot_learning.train.checkpointing import check_resume_config
+from robot_learning.train.checkpointing import check_resume_config, saved_threads, warn_thread_change
 
 ALGOS = ("calql", "iql")
 # settings a resumed critic run may change: its budget, logging, where it runs, the steering settings of vgps.pt
@@ -280,6 +280,7 @@ def train(cfg: CriticTrainConfig, base: Policy | None = None, stats: dict[str, A
         st = torch.load(state_path, weights_only=True)
         check_resume_config(st.get("config"), asdict(cfg), f"rlstack train-critic out_dir={cfg.out_dir}",
                             may_change=RESUME_MAY_CHANGE)
+        warn_thread_change(saved_threads(st.get("config")), str(state_path))
         learner.load_state_dict(st["learner"])
         _set_rng(replay.rng, st["replay_rng"])
         rows, step = list(st["rows"]), int(st["step"])

@@ -40,6 +40,13 @@ def warn_thread_change(saved: int | None, where: str) -> None:
                       stacklevel=2)
 
 
+def saved_threads(saved_config: dict[str, Any] | None) -> int | None:
+    """The torch thread count an RL run's stored config set (``threads``, at least 1), or None if it has none."""
+    if not saved_config or saved_config.get("threads") is None:
+        return None
+    return max(1, int(saved_config["threads"]))
+
+
 def rng_states() -> dict[str, Any]:
     """Every RNG state as plain data (restorable with ``weights_only`` loading)."""
     np_state = np.random.get_state()

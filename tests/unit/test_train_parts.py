@@ -13,6 +13,7 @@ from robot_learning.config import compose
 from robot_learning.train.checkpointing import (
     check_resume_config,
     rng_states,
+    saved_threads,
     set_rng_states,
     step_seed,
     warn_thread_change,
@@ -130,3 +131,10 @@ def test_resume_with_another_thread_count_warns() -> None:
         warnings.simplefilter("error")
         warn_thread_change(now, "run/checkpoints/latest.pt")  # same count: silent
         warn_thread_change(None, "run/checkpoints/latest.pt")  # a checkpoint from before the count was kept
+
+
+def test_rl_runs_read_their_thread_count_from_the_stored_config() -> None:
+    """rlstack finetune / train-critic store ``threads`` in their config; 0 means one thread, as they run it."""
+    assert saved_threads({"threads": 2, "seed": 0}) == 2
+    assert saved_threads({"threads": 0}) == 1
+    assert saved_threads({"seed": 0}) is None and saved_threads(None) is None
