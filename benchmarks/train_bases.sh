@@ -69,3 +69,16 @@ if ! grep -q "^8000$" $R/stack64/diffusion/.steps 2>/dev/null; then
 fi
 # the same diffusion weights re-planning every 16 steps (1/100 against 0/100 every 8: not the residual's base)
 variant stack64/diffusion stack64/diffusion_nas16 spec n_action_steps 16
+# longer-trained stack64 bases (is training length the stack bases' limit?): BC 6000 steps b64 (~30 min) and
+# diffusion 16000 steps b32 (~55 min) on the same stack64 demos, one lane each, and their every-16 variants
+if ! grep -q "^6000$" $R/stack64/bc6k/.steps 2>/dev/null || ! grep -q "^16000$" $R/stack64/diffusion16k/.steps 2>/dev/null; then
+  ( grep -q "^6000$" $R/stack64/bc6k/.steps 2>/dev/null || { nice -n 5 .venv/bin/python -m robot_learning.cli train policy=bc task=stack \
+      task.image_size=64 data.store=$R/stack64/demos.zarr train.steps=6000 train.batch_size=64 out_dir=$R/stack64/bc6k \
+      && echo 6000 > $R/stack64/bc6k/.steps; } ) > $R/stack64_bc6k.log 2>&1 &
+  ( grep -q "^16000$" $R/stack64/diffusion16k/.steps 2>/dev/null || { nice -n 5 .venv/bin/python -m robot_learning.cli train policy=diffusion \
+      task=stack task.image_size=64 data.store=$R/stack64/demos.zarr train.steps=16000 train.batch_size=32 out_dir=$R/stack64/diffusion16k \
+      && echo 16000 > $R/stack64/diffusion16k/.steps; } ) > $R/stack64_diffusion16k.log 2>&1 &
+  wait
+fi
+variant stack64/bc6k stack64/bc6k_nas16 spec n_action_steps 16
+variant stack64/diffusion16k stack64/diffusion16k_nas16 spec n_action_steps 16
