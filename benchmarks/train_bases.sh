@@ -81,4 +81,5 @@ if ! grep -q "^6000$" $R/stack64/bc6k/.steps 2>/dev/null || ! grep -q "^16000$" 
   wait
 fi
 variant stack64/bc6k stack64/bc6k_nas16 spec n_action_steps 16
+# diffusion16k re-planning every 16: 14/100 (every 8: 6/100) -- the stack residual's diffusion base (finetune_stack64_rebuild2)
 variant stack64/diffusion16k stack64/diffusion16k_nas16 spec n_action_steps 16
