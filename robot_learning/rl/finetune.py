@@ -75,6 +75,7 @@ class FinetuneConfig:
     warmup_noise_std: float = 0.1
     residual_penalty: float = 0.0  # > 0: pull the residual towards 0 (actor loss -Q/mean|Q| + w * (res/scale)^2)
     demo_bc: float = 0.0  # > 0: pull the executed action towards the demo's on demo rows (TD3+BC; needs demos)
+    demo_bc_decay_updates: int = 0  # > 0: the demo_bc weight fades linearly to 0 over this many actor-phase updates
     from_scratch: bool = False  # the RL-from-scratch baseline: the base's actions dropped (see load_config)
     eval_every: int = 2000
     eval_episodes: int = 50
@@ -112,14 +113,16 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
         raise ValueError(f"{method}: from_scratch=true makes the actor the whole policy (its base acts 0): it needs "
                          f"residual.action_scale >= 1 to reach the action range and residual_penalty=0, got "
                          f"action_scale={fc.residual.action_scale}, residual_penalty={fc.residual_penalty}")
-    if fc.residual_penalty < 0 or fc.demo_bc < 0:
-        raise ValueError(f"{method}: residual_penalty and demo_bc must be >= 0, got {fc.residual_penalty}, {fc.demo_bc}")
+    if fc.residual_penalty < 0 or fc.demo_bc < 0 or fc.demo_bc_decay_updates < 0:
+        raise ValueError(f"{method}: residual_penalty, demo_bc and demo_bc_decay_updates must be >= 0, got "
+                         f"{fc.residual_penalty}, {fc.demo_bc}, {fc.demo_bc_decay_updates}")
     if fc.demo_bc > 0 and not fc.demos:
         raise ValueError(f"{method}: demo_bc={fc.demo_bc} pulls towards demonstrated actions: set demos=<episode store>")
     return fc, parts
 
 
-def learner_settings(parts: RLParts, residual_penalty: float = 0.0, demo_bc: float = 0.0) -> LearnerSettings:
+def learner_settings(parts: RLParts, residual_penalty: float = 0.0, demo_bc: float = 0.0,
+                     demo_bc_decay_updates: int = 0) -> LearnerSettings:
     """The learner's view of the shared parts (and the method's own actor regulariser)."""
     a, lr = parts.actor, parts.learner
     if a.kind != "td3":
@@ -127,7 +130,8 @@ def learner_settings(parts: RLParts, residual_penalty: float = 0.0, demo_bc: flo
     return LearnerSettings(critic=parts.critic, actor_lr=a.lr, target_noise_std=a.target_noise_std,
                            target_noise_clip=a.target_noise_clip, critic_warmup_updates=lr.critic_warmup_updates,
                            actor_every=lr.actor_every, actor_tau=parts.critic.tau, grad_clip=lr.grad_clip, seed=lr.seed,
-                           residual_penalty=residual_penalty, demo_bc=demo_bc)
+                           residual_penalty=residual_penalty, demo_bc=demo_bc,
+                           demo_bc_decay_updates=demo_bc_decay_updates)
 
 
 def make_env(cfg: FinetuneConfig, spec: Any) -> Any:
@@ -207,7 +211,8 @@ class Finetuner:
         if cfg.from_scratch:  # RLPD-style baseline on the same machinery: only the base's interface and encoder stay
             self.base = PerturbedPolicy(self.base, PerturbedConfig(scale=0.0), device=cfg.device)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
-        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty, cfg.demo_bc))
+        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty, cfg.demo_bc,
+                                                                           cfg.demo_bc_decay_updates))
         self.env = env if env is not None else make_env(cfg, self.base.spec)
         self.agent = PolicyAgent(self.policy)
         self.store = EpisodeStore.open(str(self.out / "online.zarr"), mode="a")

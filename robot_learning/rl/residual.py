@@ -291,6 +291,7 @@ class LearnerSettings:
     grad_clip: float = 0.0
     residual_penalty: float = 0.0  # > 0: actor loss -Q/mean|Q| + penalty * mean((residual/action_scale)^2)
     demo_bc: float = 0.0  # > 0: + demo_bc * mean over demo rows (batch["bc_mask"]) of (base + residual - demo)^2
+    demo_bc_decay_updates: int = 0  # > 0: demo_bc fades linearly to 0 over this many updates after the warm-up
     seed: int = 0
 
 
@@ -378,14 +379,22 @@ class ResidualLearner:
         loss = -q.mean() / q.abs().mean().detach().clamp_min(1e-6)
         if self.s.residual_penalty > 0:  # pull towards the base
             loss = loss + self.s.residual_penalty * (delta / self.policy.config.action_scale).pow(2).mean()
-        if self.s.demo_bc > 0:  # pull towards the demonstrated action on demo rows
+        demo_bc = self.demo_bc_weight()
+        if demo_bc > 0:  # pull towards the demonstrated action on demo rows
             mask = batch.get("bc_mask")
             if mask is None:
                 raise ValueError("residual learner: demo_bc > 0 needs batch['bc_mask'] (which rows are demos)")
             if mask.any():  # the pre-clip action: its gradient also pulls a residual back from beyond the bound
                 err = (base + delta - batch["action"].float())[mask].pow(2).sum(-1)
-                loss = loss + self.s.demo_bc * err.mean()
+                loss = loss + demo_bc * err.mean()
         return loss
+
+    def demo_bc_weight(self) -> float:
+        """The demo BC weight at this update: ``demo_bc``, or fading linearly to 0 after the critic warm-up."""
+        if self.s.demo_bc_decay_updates <= 0:
+            return self.s.demo_bc
+        done = max(0, self.updates - self.s.critic_warmup_updates)
+        return self.s.demo_bc * max(0.0, 1.0 - done / self.s.demo_bc_decay_updates)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed for a bit-exact resume (with the policy's own weights)."""

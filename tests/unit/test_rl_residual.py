@@ -220,3 +220,7 @@ def test_demo_bc_needs_demos_and_a_non_negative_weight(tmp_path) -> None:
         load_config([*common, "demo_bc=0.4"])
     with pytest.raises(ValueError, match="must be >= 0"):
         load_config([*common, "demo_bc=-1", "demos=d.zarr"])
+    with pytest.raises(ValueError, match="demo_bc_decay_updates must be >= 0"):
+        load_config([*common, "demo_bc=0.4", "demos=d.zarr", "demo_bc_decay_updates=-5"])
+    assert load_config([*common, "demo_bc=0.4", "demos=d.zarr", "demo_bc_decay_updates=100"])[0] \
+        .demo_bc_decay_updates == 100

@@ -90,6 +90,26 @@ def test_learner_with_frozen_features_updates_and_the_penalty_pulls_the_residual
     assert run(100.0) < run(0.0)
 
 
+def test_demo_bc_weight_fades_linearly_after_the_critic_warm_up() -> None:
+    policy = residual(ResidualConfig(hidden_dims=[16], action_scale=1.0))
+    learner = ResidualLearner(policy, LearnerSettings(critic=CriticConfig(n_heads=2, hidden_dims=[16]), demo_bc=0.4,
+                                                      critic_warmup_updates=10, demo_bc_decay_updates=20))
+    weights = {}
+    for updates in (0, 10, 20, 30, 40):
+        learner.updates = updates
+        weights[updates] = learner.demo_bc_weight()
+    assert weights == pytest.approx({0: 0.4, 10: 0.4, 20: 0.2, 30: 0.0, 40: 0.0})
+    constant = ResidualLearner(policy, LearnerSettings(critic=CriticConfig(n_heads=2, hidden_dims=[16]), demo_bc=0.4))
+    constant.updates = 10_000
+    assert constant.demo_bc_weight() == 0.4
+    b = {**batch(), "bc_mask": torch.arange(32) < 16}
+    learner.updates = 30  # faded out: the demo term no longer changes the actor loss
+    q = torch.full((32,), -2.0)
+    base = b["obs"][BASE_ACTION_KEY][:, -1]
+    delta = torch.ones_like(base)
+    assert float(learner._actor_loss(q, base, delta, b)) == pytest.approx(1.0)  # -Q / mean|Q| only
+
+
 def test_demo_bc_pulls_the_executed_action_on_demo_rows_towards_the_demo() -> None:
     def run(weight: float, mask: torch.Tensor) -> float:
         policy = residual(ResidualConfig(hidden_dims=[16], action_scale=1.0))
