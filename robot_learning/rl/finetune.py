@@ -75,7 +75,7 @@ class FinetuneConfig:
     warmup_noise_std: float = 0.1
     residual_penalty: float = 0.0  # > 0: pull the residual towards 0 (actor loss -Q/mean|Q| + w * (res/scale)^2)
     demo_bc: float = 0.0  # > 0: pull the executed action towards the demo's on demo rows (TD3+BC; needs demos)
-    demo_bc_decay_updates: int = 0  # > 0: the demo_bc weight fades linearly to 0 over this many actor-phase updates
+    demo_bc_decay_updates: int = 0  # > 0: demo_bc fades linearly to 0 over this many updates after the warm-up
     from_scratch: bool = False  # the RL-from-scratch baseline: the base's actions dropped (see load_config)
     eval_every: int = 2000
     eval_episodes: int = 50
@@ -121,17 +121,16 @@ def load_config(overrides: list[str]) -> tuple[FinetuneConfig, RLParts]:
     return fc, parts
 
 
-def learner_settings(parts: RLParts, residual_penalty: float = 0.0, demo_bc: float = 0.0,
-                     demo_bc_decay_updates: int = 0) -> LearnerSettings:
-    """The learner's view of the shared parts (and the method's own actor regulariser)."""
+def learner_settings(parts: RLParts, cfg: FinetuneConfig) -> LearnerSettings:
+    """The learner's view of the shared parts (and the method's own actor regularisers from ``cfg``)."""
     a, lr = parts.actor, parts.learner
     if a.kind != "td3":
         raise ValueError(f"residual: actor.kind={a.kind} is not implemented (td3 only)")
     return LearnerSettings(critic=parts.critic, actor_lr=a.lr, target_noise_std=a.target_noise_std,
                            target_noise_clip=a.target_noise_clip, critic_warmup_updates=lr.critic_warmup_updates,
                            actor_every=lr.actor_every, actor_tau=parts.critic.tau, grad_clip=lr.grad_clip, seed=lr.seed,
-                           residual_penalty=residual_penalty, demo_bc=demo_bc,
-                           demo_bc_decay_updates=demo_bc_decay_updates)
+                           residual_penalty=cfg.residual_penalty, demo_bc=cfg.demo_bc,
+                           demo_bc_decay_updates=cfg.demo_bc_decay_updates)
 
 
 def make_env(cfg: FinetuneConfig, spec: Any) -> Any:
@@ -211,8 +210,7 @@ class Finetuner:
         if cfg.from_scratch:  # RLPD-style baseline on the same machinery: only the base's interface and encoder stay
             self.base = PerturbedPolicy(self.base, PerturbedConfig(scale=0.0), device=cfg.device)
         self.policy = ResidualPolicy(self.base, cfg.residual, device=cfg.device)
-        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg.residual_penalty, cfg.demo_bc,
-                                                                           cfg.demo_bc_decay_updates))
+        self.learner = ResidualLearner(self.policy, learner_settings(parts, cfg))
         self.env = env if env is not None else make_env(cfg, self.base.spec)
         self.agent = PolicyAgent(self.policy)
         self.store = EpisodeStore.open(str(self.out / "online.zarr"), mode="a")
