@@ -4,7 +4,9 @@ Reads each run folder's ``eval.csv`` (written by ``rlstack finetune``; runs are 
 start or continue them with the ``command.sh`` in the folder), and measures the per-step cost the
 residual adds to inference (``ResidualPolicy.step_action``, ms) at the run's config. Folders with an
 ``eval100/report.json`` (``rlstack eval`` of the base, of a run's final composite, or of a baseline,
-100 episodes on unseen seeds; the ``eval100.sh`` next to it says how) form the final-evaluation table.
+100 episodes on unseen seeds; the ``eval100.sh`` next to it says how) form the final-evaluation table;
+``eval100_<tag>/`` with its ``eval100_<tag>.sh`` (e.g. ``_best``: ``policy_best.pt``, ``_80k``: a snapshot)
+add a row each, named ``<run> (<tag>)``.
 Writes the ``finetune`` section of benchmarks/README.md and copies each run's curve to benchmarks/figures/.
 
     python benchmarks/bench_finetune.py [--runs runs/finetune] [--steps 300]
@@ -58,28 +60,30 @@ def step_cost_ms(run: Path, steps: int) -> tuple[float, float, float]:
 
 
 def final_rows(root: Path) -> list[list[str]]:
-    """One row per ``*/eval100/report.json`` under ``root``."""
+    """One row per ``*/eval100/report.json`` and ``*/eval100_<tag>/report.json`` under ``root``."""
     import json
 
     from robot_learning.stats import wilson_interval
 
     rows = []
-    for path in sorted(root.glob("*/eval100/report.json")):
+    for path in sorted(root.glob("*/eval100*/report.json")):
         d = json.loads(path.read_text())
+        tag = path.parent.name.removeprefix("eval100").removeprefix("_")
+        name = path.parent.parent.name + (f" ({tag})" if tag else "")
         k, n = int(d["successes"]), int(d["n_episodes"])
         lo, hi = wilson_interval(k, n)
         seeds = d.get("seeds") or []
-        cmd = path.parent.parent / "eval100.sh"
+        cmd = path.parent.parent / f"{path.parent.name}.sh"
         agent = str(d.get("agent", ""))  # "checkpoint <path> (device ...)"
         ckpt = agent.split()[1] if agent.startswith("checkpoint ") else agent
-        rows.append([path.parent.parent.name, f"`{ckpt}`", f"{k}/{n}", f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]",
+        rows.append([name, f"`{ckpt}`", f"{k}/{n}", f"{k / n:.2f} [{lo:.2f}, {hi:.2f}]",
                      f"{min(seeds)}..{max(seeds)}" if seeds else "?", str(cmd) if cmd.exists() else "-"])
     return rows
 
 
 def final_commands(root: Path) -> str:
-    """Every ``*/eval100.sh`` under ``root`` verbatim (runs/ is not in git: the section must say how to redo each row)."""
-    scripts = sorted(root.glob("*/eval100.sh"))
+    """Every ``*/eval100*.sh`` under ``root`` verbatim (runs/ is not in git: the section must say how to redo each row)."""
+    scripts = sorted(root.glob("*/eval100*.sh"))
     return "".join(f"\n\n`{p}`:\n\n```\n{p.read_text().strip()}\n```" for p in scripts)
 
 

@@ -11,6 +11,7 @@ composites (a wrapper's own weights plus its base, see policies/composite.py).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import zlib
 from pathlib import Path
@@ -69,6 +70,15 @@ def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a file to a temporary name beside ``dst``, then rename: readers never see half a copy."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def check_format(ckpt: Any, where: str) -> dict[str, Any]:

@@ -10,7 +10,8 @@ images. Evaluation (fixed unseen seeds, Wilson 95 % CI) every
 ``eval_every`` env steps; the first evaluation, before any update, is the base itself (zero-init).
 
 Outputs under ``out_dir``: ``policy.pt`` (the composite checkpoint, runs unchanged under ``rlstack
-eval``), ``online.zarr``, ``checkpoints/latest.pt`` (exact resume after a kill: learner, optimizers,
+eval``), ``policy_best.pt`` (the composite of the latest evaluation with the highest success so far:
+a model chosen on the evaluation seeds, so judge it on other seeds), ``online.zarr``, ``checkpoints/latest.pt`` (exact resume after a kill: learner, optimizers,
 RNG streams, replay sampler, counters), ``eval.csv``, ``train.csv``, ``tb/``, ``curve.png``.
 
 Orchestration on top of core and sim (like rlstack eval), so ``sim`` is imported inside functions.
@@ -54,7 +55,7 @@ from robot_learning.train.metrics import write_csv
 PLANNED_KEY = "planned_action"  # store key of the base's planned action (replay derives base_action from it)
 METHODS = ("residual",)
 # settings a resumed run may change: the budget (to continue a run further), where it runs and how it reports
-RESUME_MAY_CHANGE = ("env_steps", "out_dir", "device", "threads", "progress")
+RESUME_MAY_CHANGE = ("env_steps", "out_dir", "device", "threads", "progress", "keep_eval_policies")
 EVAL_FIELDS = ("env_steps", "episodes", "updates", "wall_s", "successes", "n", "rate", "ci_low", "ci_high",
                "residual_mean_abs")
 
@@ -85,6 +86,7 @@ class FinetuneConfig:
     device: str = "cpu"
     threads: int = 1
     progress: bool = True
+    keep_eval_policies: bool = False  # also keep each evaluation's composite as policies/policy_<env_steps>.pt
     residual: ResidualConfig = field(default_factory=ResidualConfig)
 
 
@@ -378,6 +380,7 @@ class Finetuner:
         tb.add_scalar("eval/success", row["rate"], row["env_steps"])
         try:
             self.policy.save(self.out / "policy.pt")
+            self._keep_policy(row)
         except NotImplementedError as exc:  # e.g. a scripted base: the residual is still in checkpoints/
             if not getattr(self, "_warned_save", False):
                 warnings.warn(f"no composite policy.pt: {exc}", stacklevel=2)
@@ -386,6 +389,16 @@ class Finetuner:
         write_csv(self.out / "train.csv", self.train_rows)
         plot_curve(self.eval_rows, self.out / "curve.png", title=f"residual RL, {self.cfg.task}")
         self.save()
+
+
+    def _keep_policy(self, row: dict[str, Any]) -> None:
+        """Copy the fresh ``policy.pt`` to ``policy_best.pt`` (ties: the later one) and, if asked, to ``policies/``."""
+        from robot_learning.policies.checkpoint import atomic_copy
+
+        if row["rate"] >= max(r["rate"] for r in self.eval_rows):  # eval_rows persist, so resume keeps the best
+            atomic_copy(self.out / "policy.pt", self.out / "policy_best.pt")
+        if self.cfg.keep_eval_policies:
+            atomic_copy(self.out / "policy.pt", self.out / "policies" / f"policy_{row['env_steps']}.pt")
 
 
 def _stored_column(key: str) -> Any:

@@ -224,3 +224,25 @@ def test_demo_bc_needs_demos_and_a_non_negative_weight(tmp_path) -> None:
         load_config([*common, "demo_bc=0.4", "demos=d.zarr", "demo_bc_decay_updates=-5"])
     assert load_config([*common, "demo_bc=0.4", "demos=d.zarr", "demo_bc_decay_updates=100"])[0] \
         .demo_bc_decay_updates == 100
+
+
+def test_the_best_evaluated_policy_is_kept_and_ties_go_to_the_later_one(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from robot_learning.rl.finetune import Finetuner
+
+    holder = SimpleNamespace(out=tmp_path, eval_rows=[], cfg=SimpleNamespace(keep_eval_policies=True))
+
+    def evaluated(steps: int, rate: float) -> None:  # what _report does: policy.pt written, then kept
+        (tmp_path / "policy.pt").write_text(f"policy at {steps}")
+        row = {"env_steps": steps, "rate": rate}
+        holder.eval_rows.append(row)
+        Finetuner._keep_policy(holder, row)
+
+    for steps, rate in [(0, 0.1), (100, 0.6), (200, 0.4), (300, 0.6), (400, 0.5)]:
+        evaluated(steps, rate)
+    assert (tmp_path / "policy_best.pt").read_text() == "policy at 300"
+    assert sorted(p.name for p in (tmp_path / "policies").iterdir()) == [
+        f"policy_{s}.pt" for s in (0, 100, 200, 300, 400)]
+    assert (tmp_path / "policies" / "policy_200.pt").read_text() == "policy at 200"
+    assert not list(tmp_path.glob("*.tmp*"))
