@@ -63,22 +63,23 @@ def checkpoint_dict(model: PolicyModel, state_dict: dict[str, torch.Tensor] | No
     }
 
 
-def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves half a checkpoint."""
+def _write_atomically(path: str | Path, write: Any) -> None:
+    """Run ``write(tmp)`` on a temporary file beside ``path``, then rename: a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    write(tmp)
     os.replace(tmp, path)
+
+
+def atomic_save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a kill never leaves half a checkpoint."""
+    _write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
     """Copy a file to a temporary name beside ``dst``, then rename: readers never see half a copy."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    _write_atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def check_format(ckpt: Any, where: str) -> dict[str, Any]:

@@ -11,8 +11,9 @@ images. Evaluation (fixed unseen seeds, Wilson 95 % CI) every
 
 Outputs under ``out_dir``: ``policy.pt`` (the composite checkpoint, runs unchanged under ``rlstack
 eval``), ``policy_best.pt`` (the composite of the latest evaluation with the highest success so far:
-a model chosen on the evaluation seeds, so judge it on other seeds), ``online.zarr``, ``checkpoints/latest.pt`` (exact resume after a kill: learner, optimizers,
-RNG streams, replay sampler, counters), ``eval.csv``, ``train.csv``, ``tb/``, ``curve.png``.
+chosen on the evaluation seeds, so judge it on other seeds), ``online.zarr``, ``checkpoints/latest.pt``
+(exact resume after a kill: learner, optimizers, RNG streams, replay sampler, counters), ``eval.csv``,
+``train.csv``, ``tb/``, ``curve.png``.
 
 Orchestration on top of core and sim (like rlstack eval), so ``sim`` is imported inside functions.
 """
@@ -389,7 +390,6 @@ class Finetuner:
         write_csv(self.out / "train.csv", self.train_rows)
         plot_curve(self.eval_rows, self.out / "curve.png", title=f"residual RL, {self.cfg.task}")
         self.save()
-
 
     def _keep_policy(self, row: dict[str, Any]) -> None:
         """Copy the fresh ``policy.pt`` to ``policy_best.pt`` (ties: the later one) and, if asked, to ``policies/``."""
