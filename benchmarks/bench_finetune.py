@@ -37,6 +37,16 @@ def first_reaching(rows: list[dict[str, str]], level: float) -> str:
     return "not reached"
 
 
+def curve_area(rows: list[dict[str, str]]) -> str:
+    """Mean success over the curve from the base on (trapezoids over env steps): sample efficiency where final rates tie."""
+    steps = np.array([float(r["env_steps"]) for r in rows])
+    rates = np.array([float(r["rate"]) for r in rows])
+    if len(rows) < 2 or steps[-1] <= steps[0]:
+        return "-"
+    area = float(np.sum((rates[1:] + rates[:-1]) / 2 * np.diff(steps)))
+    return f"{area / (steps[-1] - steps[0]):.2f} to {int(steps[-1]) // 1000}k"
+
+
 def step_cost_ms(run: Path, steps: int) -> tuple[float, float, float]:
     """(median ms per ``step_action`` call, median ms per base ``predict_chunk``, the residual's action_scale)."""
     from robot_learning.policies.checkpoint import load_policy
@@ -111,6 +121,7 @@ def main() -> None:
                      f"{last['successes']}/{last['n']} [{float(last['ci_low']):.2f}, {float(last['ci_high']):.2f}]",
                      f"{float(best['rate']):.2f} @ {best['env_steps']}", last["env_steps"],
                      f"{float(last['wall_s']) / 60:.0f}", first_reaching(evals, 0.9), first_reaching(evals, 0.95),
+                     curve_area(evals),
                      f"{float(last['residual_mean_abs']):.3f} ({float(last['residual_mean_abs']) / scale:.0%} of bound)",
                      f"{hook_ms:.2f}", f"{chunk_ms:.1f}"])
         if (run / "curve.png").exists():
@@ -121,7 +132,7 @@ def main() -> None:
         if cmd.exists():
             notes.append(f"`{run.name}` ({run / 'command.sh'}):\n\n```\n{cmd.read_text().strip()}\n```")
     header = ["run", "base only (k/n, Wilson 95 %)", "latest eval", "best rate @ env steps", "train env steps",
-              "train wall min", "to 90 %", "to 95 %", "mean abs residual (normalized)", "step_action ms",
+              "train wall min", "to 90 %", "to 95 %", "curve mean", "mean abs residual (normalized)", "step_action ms",
               "base chunk ms"]
     body = markdown_table(header, rows) if rows else "_No run with an eval.csv under runs/finetune yet._"
     final = final_rows(Path(args.runs))
@@ -132,7 +143,9 @@ def main() -> None:
     body += ("\n\nLearning-curve evaluation: 50 fixed unseen seeds (`eval_seed` ..), no exploration; the first row "
              "of each run's eval.csv (env steps 0) is the base itself (zero-initialised residual). `train env steps` "
              "counts training episodes only (evaluation episodes are extra); `train wall min` is the training loop's "
-             "time (collection + updates, evaluation excluded). Mean abs residual: per action dimension over the latest "
+             "time (collection + updates, evaluation excluded). `curve mean`: the area under the success curve from the "
+             "base to the latest evaluation divided by its env-step span (1.00: perfect from the start), which orders "
+             "runs that end at the same rate by how early they got there. Mean abs residual: per action dimension over the latest "
              "evaluation's steps (normalized units). `step_action ms`: the residual's per-executed-step cost on one "
              "thread (frozen base encoder on the newest frame + MLP); `base chunk ms`: one base inference.\n\n"
              + "\n\n".join(notes) + "\n\n" + load_note())
