@@ -83,3 +83,10 @@ fi
 variant stack64/bc6k stack64/bc6k_nas16 spec n_action_steps 16
 # diffusion16k re-planning every 16: 14/100 (every 8: 6/100) -- the stack residual's diffusion base (finetune_stack64_rebuild2)
 variant stack64/diffusion16k stack64/diffusion16k_nas16 spec n_action_steps 16
+# BC trained 10000 steps b64 on the stack64 demos (~54 min on one thread): 6/100 every 8, 18/100 re-planning every 16
+# (the 3000-step build: 11/100) -- the stack residual's BC base of runs/finetune_stack64_bc10k
+if ! grep -q "^10000$" $R/stack64/bc10k/.steps 2>/dev/null; then
+  nice -n 5 .venv/bin/python -m robot_learning.cli train policy=bc task=stack task.image_size=64 data.store=$R/stack64/demos.zarr \
+    train.steps=10000 train.batch_size=64 out_dir=$R/stack64/bc10k && echo 10000 > $R/stack64/bc10k/.steps
+fi
+variant stack64/bc10k stack64/bc10k_nas16 spec n_action_steps 16
