@@ -43,8 +43,7 @@ def curve_area(rows: list[dict[str, str]]) -> str:
     rates = np.array([float(r["rate"]) for r in rows])
     if len(rows) < 2 or steps[-1] <= steps[0]:
         return "-"
-    area = float(np.sum((rates[1:] + rates[:-1]) / 2 * np.diff(steps)))
-    return f"{area / (steps[-1] - steps[0]):.2f} to {int(steps[-1]) // 1000}k"
+    return f"{np.trapezoid(rates, steps) / (steps[-1] - steps[0]):.2f} to {int(steps[-1]) // 1000}k"
 
 
 def step_cost_ms(run: Path, steps: int) -> tuple[float, float, float]:
